@@ -1,0 +1,5 @@
+"""Model-extraction attacks, one file each. Every attack queries a `BlackBoxAPI` and returns `(clone, history)`."""
+
+from . import knockoff
+
+__all__ = ["knockoff"]

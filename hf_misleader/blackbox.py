@@ -1,0 +1,76 @@
+"""BlackBoxAPI: exactly what a thief sees of a served classifier, with exact query accounting."""
+
+import threading
+
+import torch
+
+OUTPUT_MODES = ("probabilities", "label")
+
+
+class QueryBudgetExceeded(RuntimeError):
+    """Raised when a caller asks for more answers than its query budget allows."""
+
+
+class BlackBoxAPI:
+    """
+    A served classifier as a thief sees it: inputs in, probabilities (or labels only) out, never logits.
+    Every input counts as one query, whether real, synthetic, augmented or repeated.
+
+    Args:
+        model ([`~transformers.PreTrainedModel`] or `torch.nn.Module`):
+            Any classifier whose output has `logits` (a stock model, a defended ensemble).
+        output (`str`, *optional*, defaults to `"probabilities"`):
+            `"probabilities"`: the softmax of the model's logits; `"label"`: the top-1 class index only.
+        budget (`int`, *optional*):
+            Total number of inputs this API answers; more raises [`QueryBudgetExceeded`]. Unlimited when `None`.
+        batch_size (`int`, *optional*, defaults to 256):
+            Inputs per forward pass (answers do not depend on it).
+    """
+
+    def __init__(self, model, output="probabilities", budget=None, batch_size=256):
+        if output not in OUTPUT_MODES:
+            raise ValueError(f"output must be one of {OUTPUT_MODES}, got {output!r}.")
+        if budget is not None and budget < 0:
+            raise ValueError(f"budget must be >= 0, got {budget}.")
+        self.model = model.eval()
+        self.output = output
+        self.budget = budget
+        self.batch_size = batch_size
+        self._queries_used = 0
+        self._lock = threading.Lock()
+
+    @property
+    def queries_used(self) -> int:
+        return self._queries_used
+
+    @property
+    def queries_left(self):
+        return None if self.budget is None else self.budget - self._queries_used
+
+    def _charge(self, count: int):
+        with self._lock:
+            if self.budget is not None and self._queries_used + count > self.budget:
+                raise QueryBudgetExceeded(
+                    f"{count} queries asked with {self.budget - self._queries_used} of the budget of "
+                    f"{self.budget} left."
+                )
+            self._queries_used += count
+
+    @torch.no_grad()
+    def query(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """
+        Answer a batch of inputs.
+
+        Returns:
+            `torch.Tensor`: `(n, num_labels)` probabilities, or `(n,)` class indices with `output="label"`.
+        """
+        if not torch.is_tensor(pixel_values) or pixel_values.dim() < 2 or len(pixel_values) == 0:
+            raise ValueError("query() takes a non-empty batch tensor of inputs.")
+        self._charge(len(pixel_values))
+        device = next(self.model.parameters()).device
+        answers = []
+        for start in range(0, len(pixel_values), self.batch_size):
+            logits = self.model(pixel_values=pixel_values[start : start + self.batch_size].to(device)).logits
+            probabilities = torch.softmax(logits.float(), dim=-1)
+            answers.append(probabilities.argmax(-1) if self.output == "label" else probabilities)
+        return torch.cat(answers).cpu()

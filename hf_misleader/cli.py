@@ -1,0 +1,37 @@
+"""The `hf-misleader` command line."""
+
+import argparse
+import sys
+
+
+def _demo(arguments):
+    from .demo import run_demo
+
+    run_demo(output_dir=arguments.output_dir, quick=arguments.quick, seed=arguments.seed,
+             progress=not arguments.no_progress)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hf-misleader", description="Defend classifiers against model extraction.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    demo = commands.add_parser("demo", help="Defend a real MNIST classifier end to end and report honestly.")
+    demo.add_argument("--output-dir", default="outputs/demo", help="Where to write the model, results and card.")
+    demo.add_argument("--quick", action="store_true", help="Toy scale (seconds), for tests.")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--no-progress", action="store_true", help="Hide progress bars.")
+    demo.set_defaults(handler=_demo)
+    return parser
+
+
+def main(argv=None) -> int:
+    arguments = build_parser().parse_args(argv)
+    try:
+        arguments.handler(arguments)
+    except (ValueError, TypeError, FileNotFoundError, ImportError) as error:
+        print(f"hf-misleader {arguments.command}: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

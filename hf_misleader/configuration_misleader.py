@@ -1,0 +1,60 @@
+"""Configuration of a MISLEADER ensemble.
+
+Shared with the model on the Hub (``trust_remote_code``): imports only transformers.
+"""
+
+from transformers import PretrainedConfig
+
+AGGREGATIONS = ("mean",)
+
+
+class MisleaderConfig(PretrainedConfig):
+    r"""
+    Configuration of a [`MisleaderEnsembleForImageClassification`] or
+    [`MisleaderEnsembleForSequenceClassification`]: the members' own configurations plus what the
+    defence was trained with.
+
+    Args:
+        members (`list[dict]`, *optional*):
+            One plain config dict per member, each with its `model_type` (e.g. `member_config.to_dict()`).
+            [`PretrainedConfig`] objects are accepted and converted.
+        aggregation (`str`, *optional*, defaults to `"mean"`):
+            How member answers are combined. `"mean"` averages the members' probabilities (soft voting);
+            the ensemble's `logits` are `log(mean_i softmax(logits_i))`.
+        member_names (`list[str]`, *optional*):
+            Human-readable member names (preset names), for cards and logs.
+        member_hyperparameters (`list[dict]`, *optional*):
+            Per-member training hyper-parameters (`lambda`, `temperature`, `alpha`), recorded for the card.
+        teacher_name_or_path (`str`, *optional*):
+            Where the defended teacher came from. The teacher itself is never stored in the ensemble.
+        objective (`str`, *optional*):
+            The training objective the members were trained with (e.g. `"alternating"`).
+    """
+
+    model_type = "misleader"
+
+    def __init__(
+        self,
+        members=None,
+        aggregation="mean",
+        member_names=None,
+        member_hyperparameters=None,
+        teacher_name_or_path=None,
+        objective=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        members = [m.to_dict() if isinstance(m, PretrainedConfig) else dict(m) for m in (members or [])]
+        for index, member in enumerate(members):
+            if "model_type" not in member:
+                raise ValueError(f"Member {index} of the MisleaderConfig has no `model_type`: {sorted(member)}")
+        if aggregation not in AGGREGATIONS:
+            raise ValueError(f"Unknown aggregation {aggregation!r}; choose one of {AGGREGATIONS}.")
+        if member_names is not None and len(member_names) != len(members):
+            raise ValueError(f"{len(member_names)} member names for {len(members)} members.")
+        self.members = members
+        self.aggregation = aggregation
+        self.member_names = list(member_names) if member_names is not None else None
+        self.member_hyperparameters = member_hyperparameters
+        self.teacher_name_or_path = teacher_name_or_path
+        self.objective = objective

