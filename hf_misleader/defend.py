@@ -132,7 +132,7 @@ def defend(
         teacher_name_or_path=getattr(teacher, "name_or_path", None) or None,
         objective=args.objective,
         id2label=id2label,
-        label2id=dict(teacher.config.label2id),
+        label2id={label: index for index, label in id2label.items()},
     )
     ensemble = MisleaderEnsembleForImageClassification(config)
     for slot, student in zip(ensemble.members, students):

@@ -193,16 +193,16 @@ def run_demo(output_dir="outputs/demo", quick=False, seed=0, progress=True) -> d
     defended.save_pretrained(model_dir)
     processor.save_pretrained(model_dir)
     defended = AutoModelForImageClassification.from_pretrained(model_dir).eval()  # serve what was saved
-    check_pipeline(model_dir, defended, list(raw["test"]["image"][:8]), data["test"]["pixel_values"][:8])
+    check_pipeline(model_dir, defended, list(raw["test"]["image"][:8]), data["test"][:8]["pixel_values"])
 
-    test_pixels, test_labels = data["test"]["pixel_values"], data["test"]["label"]
+    test_pixels, test_labels = data["test"][:]["pixel_values"], data["test"][:]["label"]
     teacher_predictions = predict(teacher, test_pixels)
     teacher_accuracy = (teacher_predictions == test_labels).float().mean().item()
     defended_accuracy = (predict(defended, test_pixels) == test_labels).float().mean().item()
 
     budget = settings.budgets[-1]
     print(f"[3/4] stealing both with KnockoffNets, {budget} queries each")
-    pools = {"in_distribution": data["attacker_pool"]["pixel_values"], "out_of_distribution": ood["pixel_values"]}
+    pools = {"in_distribution": data["attacker_pool"][:]["pixel_values"], "out_of_distribution": ood[:]["pixel_values"]}
     rows = run_attacks({"teacher": teacher, "defended": defended}, pools, settings, test_pixels, test_labels,
                        teacher_predictions, seed, progress)
 

@@ -172,8 +172,17 @@ class MisleaderTrainer(Trainer):
         }
         torch.save(state, os.path.join(folder, ATTACKER_STATE_NAME))
 
+    def _load_student(self, folder):
+        # Through from_pretrained, which maps saved key names to the current ones: the stock loaders call
+        # load_state_dict directly and silently miss renamed modules (ViT in transformers 5).
+        student = self.accelerator.unwrap_model(self.model)
+        student.load_state_dict(type(student).from_pretrained(folder).state_dict())
+
+    def _load_best_model(self):
+        self._load_student(self.state.best_model_checkpoint)
+
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
-        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        self._load_student(resume_from_checkpoint)
         weights = os.path.join(resume_from_checkpoint, ATTACKER_WEIGHTS_NAME)
         if not os.path.isfile(weights):
             raise FileNotFoundError(f"{resume_from_checkpoint} holds no attacker ({ATTACKER_WEIGHTS_NAME}); cannot resume.")
