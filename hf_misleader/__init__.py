@@ -19,23 +19,12 @@ MisleaderConfig.register_for_auto_class()
 MisleaderEnsembleForImageClassification.register_for_auto_class("AutoModelForImageClassification")
 MisleaderEnsembleForSequenceClassification.register_for_auto_class("AutoModelForSequenceClassification")
 
-
-def __getattr__(name):
-    # The training side pulls in datasets/accelerate: load it only when asked for.
-    lazy = {
-        "MisleaderTrainer": ".trainer",
-        "MisleaderTrainingArguments": ".training_args",
-        "defend": ".defend",
-        "BlackBoxAPI": ".blackbox",
-        "QueryBudgetExceeded": ".blackbox",
-        "build_image_member": ".members",
-        "list_presets": ".members",
-    }
-    if name in lazy:
-        import importlib
-
-        return getattr(importlib.import_module(lazy[name], __name__), name)
-    raise AttributeError(f"module 'hf_misleader' has no attribute {name!r}")
+# The training side (imported after the registration above, which it relies on).
+from .blackbox import BlackBoxAPI, QueryBudgetExceeded  # noqa: E402
+from .defend import defend  # noqa: E402
+from .members import build_image_member, list_presets  # noqa: E402
+from .trainer import MisleaderTrainer  # noqa: E402
+from .training_args import MisleaderTrainingArguments  # noqa: E402
 
 
 __all__ = [

@@ -27,7 +27,7 @@ def main(argv=None) -> int:
     arguments = build_parser().parse_args(argv)
     try:
         arguments.handler(arguments)
-    except (ValueError, FileNotFoundError, ImportError) as error:
+    except (ValueError, ImportError, OSError) as error:
         print(f"hf-misleader {arguments.command}: error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -43,8 +43,14 @@ class MisleaderConfig(PretrainedConfig):
         objective=None,
         **kwargs,
     ):
-        super().__init__(**kwargs)
         members = [m.to_dict() if isinstance(m, PretrainedConfig) else dict(m) for m in (members or [])]
+        if members and "id2label" not in kwargs and "num_labels" not in kwargs:
+            # The label space is the members': take it from the first one rather than the 2-label default.
+            kwargs["id2label"] = {int(i): label for i, label in members[0].get("id2label", {}).items()} or None
+            if kwargs["id2label"] is None:
+                del kwargs["id2label"]
+                kwargs["num_labels"] = members[0].get("num_labels", 2)
+        super().__init__(**kwargs)
         for index, member in enumerate(members):
             if "model_type" not in member:
                 raise ValueError(f"Member {index} of the MisleaderConfig has no `model_type`: {sorted(member)}")

@@ -9,13 +9,14 @@ from transformers import AutoModelForImageClassification, PreTrainedModel
 
 from .configuration_misleader import MisleaderConfig
 from .data import num_classes
-from .members import build_image_member, member_name
+from .members import image_member_config, member_name
 from .modeling_misleader import MisleaderEnsembleForImageClassification
 from .trainer import MisleaderTrainer
 from .training_args import MisleaderTrainingArguments
 
-DEFAULT_MEMBERS = ("resnet-tiny", "convnext-tiny", "vit-tiny")
-# The reference recipe's per-member (lambda, T, alpha) on CIFAR-10, used in turn for the members.
+DEFAULT_MEMBERS = ("resnet-tiny", "mobilenet_v2-tiny", "convnext-tiny")
+# The reference recipe's per-member (lambda, T, alpha) on CIFAR-10 (ResNet18, MobileNetV2, DenseNet121),
+# used in turn for the members.
 DEFAULT_MEMBER_HYPERPARAMETERS = (
     {"lambda": 0.001, "temperature": 6.0, "alpha": 0.3},
     {"lambda": 0.05, "temperature": 4.0, "alpha": 0.9},
@@ -66,7 +67,7 @@ def defend(
             The image classifier to defend, or a local folder holding it.
         train_dataset (`datasets.Dataset`):
             Benign training data with `pixel_values` and `label` columns, processed like the teacher's inputs.
-        members (`list`, *optional*, defaults to `("resnet-tiny", "convnext-tiny", "vit-tiny")`):
+        members (`list`, *optional*, defaults to `("resnet-tiny", "mobilenet_v2-tiny", "convnext-tiny")`):
             Member presets (see [`~hf_misleader.members.list_presets`]), config dicts or config objects.
         eval_dataset (`datasets.Dataset`, *optional*):
             Validation data: each member's best epoch is chosen on it (never on the test split).
@@ -101,11 +102,15 @@ def defend(
     channels, height, _ = np.asarray(train_dataset[0]["pixel_values"]).shape
     id2label = dict(teacher.config.id2label)
 
+    # Resolve every member and the attacker first, so a bad preset fails before any training.
+    member_configs = [image_member_config(m, num_labels, id2label, channels, height) for m in members]
+    attacker_config = image_member_config(attacker_model, num_labels, id2label, channels, height)
+
     students, records = [], []
-    for index, (member, hyper) in enumerate(zip(members, member_hyperparameters)):
+    for index, (member, member_config, hyper) in enumerate(zip(members, member_configs, member_hyperparameters)):
         name = member_name(member)
-        student = build_image_member(member, num_labels, id2label, channels, height)  # bad presets fail here, early
-        attacker = build_image_member(attacker_model, num_labels, id2label, channels, height)
+        student = AutoModelForImageClassification.from_config(member_config)
+        attacker = AutoModelForImageClassification.from_config(attacker_config)
         member_args = dataclasses.replace(
             args,
             output_dir=os.path.join(args.output_dir, f"member-{index}-{name}"),

@@ -175,6 +175,7 @@ def run_demo(output_dir="outputs/demo", quick=False, seed=0, progress=True) -> d
     output_dir = Path(output_dir)
     work_dir = output_dir / "training"
     model_dir = output_dir / "defended-model"
+    output_dir.mkdir(parents=True, exist_ok=True)  # an unusable folder fails now, not after training
     torch.manual_seed(seed)
 
     raw = split_for_extraction(load_mnist_5k(), settings.splits, seed=seed)

@@ -1,0 +1,258 @@
+"""MisleaderTrainer: one real step on real digits, checkpoints, resume, evaluation, and the argument checks."""
+
+import copy
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+from hf_misleader import MisleaderTrainer, MisleaderTrainingArguments
+from hf_misleader.augment import simulate_image_queries
+from hf_misleader.members import build_image_member
+from hf_misleader.trainer import ATTACKER_STATE_NAME, ATTACKER_WEIGHTS_NAME
+
+from .conftest import IMAGE_SIZE, build_member
+
+def make_args(output_dir, **overrides):
+    settings = dict(
+        output_dir=str(output_dir), max_steps=1, per_device_train_batch_size=8, per_device_eval_batch_size=32,
+        learning_rate=1e-3, report_to="none", use_cpu=True, disable_tqdm=True, save_strategy="no",
+        logging_strategy="no", seed=0, dataloader_num_workers=0,
+    )
+    settings.update(overrides)
+    return MisleaderTrainingArguments(**settings)
+
+def make_trainer(args, digits, student="vit-tiny", teacher="resnet-tiny", attacker="resnet-tiny", **kwargs):
+    return MisleaderTrainer(
+        model=build_member(student, seed=1).train(),
+        teacher_model=build_member(teacher, seed=2),
+        attacker_model=build_member(attacker, seed=3),
+        args=args,
+        train_dataset=digits["train"],
+        eval_dataset=digits["validation"],
+        **kwargs,
+    )
+
+def snapshot(model):
+    return {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+
+def changed(before, model):
+    after = model.state_dict()
+    return [name for name, tensor in before.items() if not torch.equal(tensor, after[name])]
+
+def test_one_step_trains_student_and_attacker_not_teacher(tmp_path, digits):
+    trainer = make_trainer(make_args(tmp_path), digits, student="resnet-tiny", teacher="convnext-tiny")
+    student, teacher, attacker = trainer.model, trainer.teacher, trainer.attacker
+    student_before, teacher_before, attacker_before = snapshot(student), snapshot(teacher), snapshot(attacker)
+
+    trainer.train()
+
+    assert trainer.state.global_step == 1
+    student_changed = changed(student_before, student)
+    assert "classifier.1.weight" in student_changed, student_changed
+    assert len(student_changed) > len(student_before) // 2
+    attacker_changed = changed(attacker_before, attacker)
+    assert "classifier.1.weight" in attacker_changed, attacker_changed
+    # The teacher: bit-identical, buffers included, frozen and in eval mode.
+    assert changed(teacher_before, teacher) == []
+    assert all(not parameter.requires_grad for parameter in teacher.parameters())
+    assert not teacher.training
+    assert all(parameter.grad is None for parameter in teacher.parameters())
+
+def test_step_logs_the_defence_metrics(tmp_path, digits):
+    trainer = make_trainer(make_args(tmp_path, max_steps=2, logging_strategy="steps", logging_steps=1), digits)
+    trainer.train()
+    logs = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert len(logs) == 2
+    for entry in logs:
+        for key in ("distillation_loss", "cross_entropy", "adversarial_kl", "attacker_agreement", "attacker_loss"):
+            assert key in entry, entry
+        assert entry["adversarial_kl"] >= 0
+        assert 0.0 <= entry["attacker_agreement"] <= 1.0
+
+def test_compute_loss_is_the_misleader_objective(tmp_path, digits):
+    """loss = alpha*T^2*KL(teacher/T || student/T) + (1-alpha)*CE - lambda*KL(student(x') || attacker(x'))."""
+    args = make_args(tmp_path, misleader_lambda=0.7, temperature=3.0, alpha=0.4, attacker_steps=2,
+                     augmentation="heavy")
+    trainer = make_trainer(args, digits, student="vit-tiny", teacher="resnet-tiny", attacker="resnet-tiny")
+    student = trainer.model.train()
+    batch = digits["train"][:8]
+    inputs = {"pixel_values": batch["pixel_values"], "labels": batch["label"]}
+
+    # Replay everything the step does with copies: the same queries, the same attacker updates.
+    generator = torch.Generator().manual_seed(0)
+    generator.set_state(trainer.query_generator.get_state())
+    attacker = copy.deepcopy(trainer.attacker)
+    optimizer = torch.optim.Adam(attacker.parameters(), lr=args.attacker_learning_rate)
+
+    loss = trainer.compute_loss(student, inputs)
+    assert student.training  # the eval-mode forward on the queries must hand the student back in train mode
+
+    queries = simulate_image_queries(inputs["pixel_values"], generator, policy="heavy", strength=1.0)
+    with torch.no_grad():
+        teacher_logits = trainer.teacher(pixel_values=inputs["pixel_values"]).logits
+        student_logits = student(pixel_values=inputs["pixel_values"]).logits  # a ViT: no batch statistics
+        student_query_logits = student.eval()(pixel_values=queries).logits
+        student.train()
+    student_probs = F.softmax(student_query_logits, -1)
+    for _ in range(args.attacker_steps):
+        attacker_loss = F.kl_div(F.log_softmax(attacker(pixel_values=queries).logits, -1), student_probs,
+                                 reduction="batchmean")
+        optimizer.zero_grad()
+        attacker_loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        attacker_query_logits = attacker(pixel_values=queries).logits
+    # The trainer's attacker went through the same updates.
+    for mine, theirs in zip(attacker.parameters(), trainer.attacker.parameters()):
+        torch.testing.assert_close(mine, theirs)
+
+    T = args.temperature
+    teacher_probs = F.softmax(teacher_logits / T, -1)
+    distillation = (teacher_probs * (teacher_probs.log() - F.log_softmax(student_logits / T, -1))).sum(-1).mean() * T**2
+    cross_entropy = F.cross_entropy(student_logits, inputs["labels"])
+    query_probs = F.softmax(student_query_logits, -1)
+    adversarial = (query_probs * (query_probs.log() - F.log_softmax(attacker_query_logits, -1))).sum(-1).mean()
+    expected = args.alpha * distillation + (1 - args.alpha) * cross_entropy - args.misleader_lambda * adversarial
+    assert adversarial.item() > 0
+    torch.testing.assert_close(loss.detach(), expected, rtol=1e-4, atol=1e-5)
+
+def test_student_runs_once_per_batch_and_attacker_step_leaves_it_alone(tmp_path, digits):
+    """One forward on the benign batch, one on the queries (serving both the attacker step and the loss); the
+    attacker's own backward pass, inside compute_loss, must not leave gradients on the student or the teacher."""
+    trainer = make_trainer(make_args(tmp_path, attacker_steps=3), digits)
+    student = trainer.model.train()
+    calls = []
+    handle = student.register_forward_hook(lambda module, args, kwargs_or_output: calls.append(module.training))
+    batch = digits["train"][:8]
+    try:
+        trainer.compute_loss(student, {"pixel_values": batch["pixel_values"], "labels": batch["label"]})
+    finally:
+        handle.remove()
+    assert calls == [True, False]  # the benign batch in train mode, the queries in eval mode, nothing more
+    assert all(parameter.grad is None for parameter in student.parameters())
+    assert all(parameter.grad is None for parameter in trainer.teacher.parameters())
+
+
+def test_student_loss_does_not_reach_the_attacker(tmp_path, digits):
+    trainer = make_trainer(make_args(tmp_path, misleader_lambda=1.0), digits)
+    batch = digits["train"][:8]
+    loss = trainer.compute_loss(trainer.model.train(), {"pixel_values": batch["pixel_values"], "labels": batch["label"]})
+    trainer.attacker.zero_grad(set_to_none=True)
+    loss.backward()
+    assert all(parameter.grad is None for parameter in trainer.attacker.parameters())
+    assert all(parameter.grad is None for parameter in trainer.teacher.parameters())
+    assert any(parameter.grad is not None and parameter.grad.abs().sum() > 0 for parameter in trainer.model.parameters())
+
+def test_checkpoint_holds_the_attacker(tmp_path, digits):
+    trainer = make_trainer(make_args(tmp_path, save_strategy="steps", save_steps=1), digits)
+    trainer.train()
+    folder = tmp_path / "checkpoint-1"
+    assert (folder / ATTACKER_WEIGHTS_NAME).is_file()
+    assert (folder / ATTACKER_STATE_NAME).is_file()
+    assert (folder / "model.safetensors").is_file()
+    saved = load_file(folder / ATTACKER_WEIGHTS_NAME)
+    current = trainer.attacker.state_dict()
+    assert saved.keys() == current.keys()
+    assert all(torch.equal(saved[name], current[name]) for name in saved)
+    state = torch.load(folder / ATTACKER_STATE_NAME, weights_only=True)
+    assert {"optimizer", "scaler", "query_generator"} <= set(state)
+    assert state["optimizer"]["state"], "the attacker optimizer took no step"
+    assert torch.equal(state["query_generator"], trainer.query_generator.get_state())
+    # The student's checkpoint is the student alone (transformers may save ViT under its legacy key names, so
+    # compare counts and reload through from_pretrained): no teacher, no attacker weights inside it.
+    assert len(load_file(folder / "model.safetensors")) == len(trainer.model.state_dict())
+    reloaded = type(trainer.model).from_pretrained(folder).state_dict()
+    assert all(torch.equal(reloaded[name], tensor) for name, tensor in trainer.model.state_dict().items())
+
+def test_resume_restores_attacker_and_continues_identically(tmp_path, digits):
+    """Two steps in one go == one step, checkpoint, resume into fresh models, one more step."""
+    # A constant schedule: a linear one would end the one-step run at learning rate 0 and save that.
+    constant = {"lr_scheduler_type": "constant"}
+    straight = make_trainer(make_args(tmp_path / "straight", max_steps=2, **constant), digits)
+    straight.train()
+
+    first = make_trainer(
+        make_args(tmp_path / "resumed", max_steps=1, save_strategy="steps", save_steps=1, **constant), digits
+    )
+    first.train()
+    second = MisleaderTrainer(
+        model=build_member("vit-tiny", seed=11).train(),  # other initialisations: everything must come from disk
+        teacher_model=build_member("resnet-tiny", seed=2),
+        attacker_model=build_member("resnet-tiny", seed=13),
+        args=make_args(tmp_path / "resumed", max_steps=2, save_strategy="steps", save_steps=1, **constant),
+        train_dataset=digits["train"],
+    )
+    second.train(resume_from_checkpoint=str(tmp_path / "resumed" / "checkpoint-1"))
+    assert second.state.global_step == 2
+    for name, tensor in straight.attacker.state_dict().items():
+        torch.testing.assert_close(second.attacker.state_dict()[name], tensor, msg=f"attacker {name}")
+    for name, tensor in straight.model.state_dict().items():
+        torch.testing.assert_close(second.model.state_dict()[name], tensor, msg=f"student {name}")
+
+def test_resume_without_attacker_files_fails(tmp_path, digits):
+    first = make_trainer(make_args(tmp_path, save_strategy="steps", save_steps=1), digits)
+    first.train()
+    os.remove(tmp_path / "checkpoint-1" / ATTACKER_WEIGHTS_NAME)
+    second = make_trainer(make_args(tmp_path, max_steps=2), digits)
+    with pytest.raises(FileNotFoundError, match="attacker"):
+        second.train(resume_from_checkpoint=str(tmp_path / "checkpoint-1"))
+
+def test_evaluate_scores_the_student(tmp_path, digits):
+    trainer = make_trainer(make_args(tmp_path), digits)
+    metrics = trainer.evaluate()
+    assert "eval_accuracy" in metrics and "eval_loss" in metrics
+    # The same number computed by hand on the student alone.
+    validation = digits["validation"][:]
+    with torch.no_grad():
+        predictions = trainer.model.eval()(pixel_values=validation["pixel_values"]).logits.argmax(-1)
+    assert metrics["eval_accuracy"] == pytest.approx((predictions == validation["label"]).float().mean().item())
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"misleader_lambda": -0.1},
+        {"alpha": 1.5},
+        {"alpha": -0.1},
+        {"temperature": 0.0},
+        {"temperature": -1.0},
+        {"augmentation": "extreme"},
+        {"attacker_steps": 0},
+        {"attacker_learning_rate": 0.0},
+        {"objective": "unknown"},
+        {"augmentation_strength": -1.0},
+    ],
+    ids=lambda bad: "-".join(f"{k}={v}" for k, v in bad.items()),
+)
+def test_training_arguments_reject_bad_values(tmp_path, bad):
+    (name,) = bad
+    with pytest.raises(ValueError, match=name):
+        MisleaderTrainingArguments(output_dir=str(tmp_path), report_to="none", **bad)
+
+def test_training_arguments_accept_the_edges(tmp_path):
+    args = MisleaderTrainingArguments(output_dir=str(tmp_path), report_to="none", misleader_lambda=0.0, alpha=1.0,
+                                      augmentation="heavy")
+    assert (args.misleader_lambda, args.alpha, args.augmentation) == (0.0, 1.0, "heavy")
+
+def test_label_space_mismatch(tmp_path, digits):
+    five = build_image_member("resnet-tiny", 5, None, 3, IMAGE_SIZE)
+    with pytest.raises(ValueError, match="label space"):
+        MisleaderTrainer(model=build_member("vit-tiny"), teacher_model=five, attacker_model=build_member("resnet-tiny"),
+                         args=make_args(tmp_path), train_dataset=digits["train"])
+    with pytest.raises(ValueError, match="label space"):
+        MisleaderTrainer(model=build_member("vit-tiny"), teacher_model=build_member("resnet-tiny"),
+                         attacker_model=build_image_member("resnet-tiny", 5, None, 3, IMAGE_SIZE),
+                         args=make_args(tmp_path), train_dataset=digits["train"])
+
+def test_needs_misleader_arguments_and_all_three_models(tmp_path, digits):
+    from transformers import TrainingArguments
+
+    with pytest.raises(TypeError, match="MisleaderTrainingArguments"):
+        MisleaderTrainer(model=build_member("vit-tiny"), teacher_model=build_member("resnet-tiny"),
+                         attacker_model=build_member("resnet-tiny"),
+                         args=TrainingArguments(output_dir=str(tmp_path), report_to="none"))
+    with pytest.raises(ValueError, match="attacker_model"):
+        MisleaderTrainer(model=build_member("vit-tiny"), teacher_model=build_member("resnet-tiny"),
+                         args=make_args(tmp_path))
