@@ -19,6 +19,15 @@ MisleaderConfig.register_for_auto_class()
 MisleaderEnsembleForImageClassification.register_for_auto_class("AutoModelForImageClassification")
 MisleaderEnsembleForSequenceClassification.register_for_auto_class("AutoModelForSequenceClassification")
 
+from .pipeline_misleader import (  # noqa: E402
+    ProtectedImageClassificationPipeline,
+    ProtectedTextClassificationPipeline,
+    QueryBudget,
+    register_pipelines,
+)
+
+register_pipelines()  # tasks "protected-image-classification" and "protected-text-classification"
+
 # The training side (imported after the registration above, which it relies on).
 from .blackbox import BlackBoxAPI, QueryBudgetExceeded  # noqa: E402
 from .defend import defend  # noqa: E402
@@ -39,4 +48,8 @@ __all__ = [
     "QueryBudgetExceeded",
     "build_image_member",
     "list_presets",
+    "ProtectedImageClassificationPipeline",
+    "ProtectedTextClassificationPipeline",
+    "QueryBudget",
+    "register_pipelines",
 ]

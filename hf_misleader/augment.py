@@ -118,3 +118,78 @@ def simulate_image_queries(pixel_values: torch.Tensor, generator: torch.Generato
     choice = torch.rand((x.shape[0], 1, 1, 1), generator=generator, device=x.device)
     mixed = torch.where(choice < 0.75, blend_pairs(x, generator), smooth_blobs(x, generator))
     return torch.where(choice < 0.5, heavy, mixed)
+
+
+TEXT_POLICIES = ("mild", "heavy")
+_TEXT_RATES = {  # per-token corruption rates, and the share of rows replaced by random token sequences
+    "mild": {"drop": 0.1, "swap": 0.1, "replace": 0.1, "random_rows": 0.25},
+    "heavy": {"drop": 0.2, "swap": 0.2, "replace": 0.3, "random_rows": 0.5},
+}
+
+
+def _inner_tokens(input_ids, attention_mask):
+    """Real tokens between the first ([CLS]) and the last real one ([SEP]): the only ones corrupted."""
+    lengths = attention_mask.sum(1, keepdim=True)
+    positions = torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0)
+    return (positions > 0) & (positions < lengths - 1) & attention_mask.bool()
+
+
+def simulate_text_queries(input_ids, attention_mask, generator, policy="mild", strength=1.0):
+    """
+    Attacker-like text queries built from a batch of tokenised training sentences: word dropout, swaps of
+    neighbouring tokens, replacement by other tokens, and whole rows of random tokens (RANDOM-style thieves).
+
+    Replacement tokens are drawn from the batch's own real tokens, so they are genuine word pieces of the
+    teacher's vocabulary and no tokenizer is needed. The first and last real tokens ([CLS], [SEP]) are kept.
+
+    Args:
+        input_ids (`torch.LongTensor` of shape `(batch, length)`):
+            Token ids, right-padded.
+        attention_mask (`torch.LongTensor` of shape `(batch, length)`):
+            1 for real tokens.
+        generator (`torch.Generator`):
+            Seeded generator on the batch's device.
+        policy (`str`, *optional*, defaults to `"mild"`):
+            `"mild"` or `"heavy"` corruption rates.
+        strength (`float`, *optional*, defaults to 1.0):
+            Scales every rate (capped at 1).
+
+    Returns:
+        `(input_ids, attention_mask)` of the same shape.
+    """
+    if policy not in TEXT_POLICIES:
+        raise ValueError(f"Unknown augmentation policy {policy!r}; choose one of {TEXT_POLICIES}.")
+    if input_ids.dim() != 2 or attention_mask.shape != input_ids.shape:
+        raise ValueError("Expected input_ids and attention_mask of the same shape (batch, length).")
+    rates = {name: min(1.0, rate * strength) for name, rate in _TEXT_RATES[policy].items()}
+    device, (rows, length) = input_ids.device, input_ids.shape
+    inner = _inner_tokens(input_ids, attention_mask)
+    if not inner.any():
+        return input_ids.clone(), attention_mask.clone()
+    vocabulary = input_ids[inner]
+
+    def draw(shape):
+        return vocabulary[torch.randint(0, len(vocabulary), shape, generator=generator, device=device)]
+
+    def chance(rate, shape):
+        return torch.rand(shape, generator=generator, device=device) < rate
+
+    ids = input_ids.clone()
+    random_rows = chance(rates["random_rows"], (rows, 1))
+    ids = torch.where(inner & (random_rows | chance(rates["replace"], ids.shape)), draw(ids.shape), ids)
+    # Swap each selected token with its right neighbour when both are inner tokens.
+    swap = chance(rates["swap"], ids.shape) & inner & torch.roll(inner, -1, dims=1)
+    swap[:, -1] = False
+    swap &= ~torch.roll(swap, 1, dims=1)  # no token takes part in two swaps
+    source = torch.arange(length, device=device).expand(rows, length).clone()
+    source[swap] += 1
+    source[torch.roll(swap, 1, dims=1)] -= 1
+    ids = ids.gather(1, source)
+    # Drop tokens, then pack the kept ones to the left so the sentence stays contiguous.
+    keep = attention_mask.bool() & ~(inner & chance(rates["drop"], ids.shape))
+    order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)
+    ids = torch.where(keep, ids, torch.zeros_like(ids)).gather(1, order)
+    new_mask = keep.gather(1, order).to(attention_mask.dtype)
+    pad = input_ids[~attention_mask.bool()]
+    pad_id = pad[0] if len(pad) else torch.zeros((), dtype=ids.dtype, device=device)
+    return torch.where(new_mask.bool(), ids, pad_id), new_mask

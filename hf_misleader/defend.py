@@ -5,16 +5,22 @@ import os
 
 import numpy as np
 from datasets import Dataset
-from transformers import AutoModelForImageClassification, PreTrainedModel
+from transformers import AutoConfig, AutoModelForImageClassification, AutoModelForSequenceClassification, PreTrainedModel
 
 from .configuration_misleader import MisleaderConfig
 from .data import num_classes
-from .members import image_member_config, member_name
-from .modeling_misleader import MisleaderEnsembleForImageClassification
+from .members import image_member_config, member_name, text_member_config
+from .modeling_misleader import MisleaderEnsembleForImageClassification, MisleaderEnsembleForSequenceClassification
 from .trainer import MisleaderTrainer
 from .training_args import MisleaderTrainingArguments
 
 DEFAULT_MEMBERS = ("resnet-tiny", "mobilenet_v2-tiny", "convnext-tiny")
+DEFAULT_TEXT_MEMBERS = ("bert-tiny", "distilbert-tiny", "bert-small")
+# What each modality's batches hold, and the ensemble class that serves it.
+_MODALITIES = {
+    "image": ("pixel_values", AutoModelForImageClassification, MisleaderEnsembleForImageClassification),
+    "text": ("input_ids", AutoModelForSequenceClassification, MisleaderEnsembleForSequenceClassification),
+}
 # The reference recipe's per-member (lambda, T, alpha) on CIFAR-10 (ResNet18, MobileNetV2, DenseNet121),
 # used in turn for the members.
 DEFAULT_MEMBER_HYPERPARAMETERS = (
@@ -28,21 +34,27 @@ def _load_teacher(teacher) -> PreTrainedModel:
     if isinstance(teacher, (str, os.PathLike)):
         if not os.path.isdir(teacher):
             raise FileNotFoundError(f"No teacher model folder at {teacher!r}.")
-        return AutoModelForImageClassification.from_pretrained(teacher)
+        architectures = AutoConfig.from_pretrained(teacher).architectures or []
+        text = any(name.endswith("ForSequenceClassification") for name in architectures)
+        return (AutoModelForSequenceClassification if text else AutoModelForImageClassification).from_pretrained(teacher)
     if not isinstance(teacher, PreTrainedModel):
         raise TypeError(f"teacher must be a PreTrainedModel or a path to one, got {type(teacher).__name__}.")
     return teacher
 
 
-def _check_dataset(name, dataset, num_labels):
+def _modality(teacher) -> str:
+    return "text" if teacher.main_input_name == "input_ids" else "image"
+
+
+def _check_dataset(name, dataset, num_labels, input_column):
     if dataset is None:
         return
     if not isinstance(dataset, Dataset):
         raise TypeError(f"{name} must be a datasets.Dataset, got {type(dataset).__name__}.")
-    if "pixel_values" not in dataset.column_names or "label" not in dataset.column_names:
+    if input_column not in dataset.column_names or "label" not in dataset.column_names:
         raise ValueError(
-            f"{name} needs `pixel_values` and `label` columns (see hf_misleader.data.prepare_image_dataset); "
-            f"it has {dataset.column_names}."
+            f"{name} needs `{input_column}` and `label` columns, processed like the teacher's inputs (see "
+            f"hf_misleader.data.prepare_image_dataset / prepare_text_dataset); it has {dataset.column_names}."
         )
     classes = num_classes(dataset)
     if classes != num_labels:
@@ -52,43 +64,56 @@ def _check_dataset(name, dataset, num_labels):
 def defend(
     teacher,
     train_dataset: Dataset,
-    members=DEFAULT_MEMBERS,
+    members=None,
     eval_dataset: Dataset = None,
     args: MisleaderTrainingArguments = None,
     member_hyperparameters=None,
-    attacker_model="resnet-tiny",
+    attacker_model=None,
     callbacks=None,
-) -> MisleaderEnsembleForImageClassification:
+) -> "MisleaderEnsembleForImageClassification | MisleaderEnsembleForSequenceClassification":
     """
     Distil `teacher` into an ensemble of heterogeneous students, each trained against its own simulated attacker.
 
     Args:
         teacher ([`~transformers.PreTrainedModel`] or `str`):
-            The image classifier to defend, or a local folder holding it.
+            The image or text classifier to defend, or a local folder holding it.
         train_dataset (`datasets.Dataset`):
-            Benign training data with `pixel_values` and `label` columns, processed like the teacher's inputs.
-        members (`list`, *optional*, defaults to `("resnet-tiny", "mobilenet_v2-tiny", "convnext-tiny")`):
-            Member presets (see [`~hf_misleader.members.list_presets`]), config dicts or config objects.
+            Benign training data processed like the teacher's inputs: `pixel_values` and `label` for images,
+            `input_ids`, `attention_mask` (and `token_type_ids`) and `label` for text (padded to one length).
+        members (`list`, *optional*):
+            Member presets (see [`~hf_misleader.members.list_presets`]), config dicts or config objects. Defaults
+            to `("resnet-tiny", "mobilenet_v2-tiny", "convnext-tiny")` for images and
+            `("bert-tiny", "distilbert-tiny", "bert-small")` for text; text members use the teacher's tokenizer.
         eval_dataset (`datasets.Dataset`, *optional*):
             Validation data: each member's best epoch is chosen on it (never on the test split).
         args ([`MisleaderTrainingArguments`], *optional*):
             Shared training arguments; `args.output_dir` gets one sub-folder per member.
         member_hyperparameters (`list[dict]`, *optional*):
             Per-member `lambda`, `temperature`, `alpha`; defaults to the reference recipe's, in turn.
-        attacker_model (`str`, `dict` or config, *optional*, defaults to `"resnet-tiny"`):
-            Architecture of each member's simulated attacker clone.
+        attacker_model (`str`, `dict` or config, *optional*):
+            Architecture of each member's simulated attacker clone; `"resnet-tiny"` for images, `"bert-tiny"`
+            for text by default.
         callbacks (`list`, *optional*):
             Extra [`~transformers.TrainerCallback`]s for every member's training.
 
     Returns:
-        [`MisleaderEnsembleForImageClassification`]: the served ensemble, on the CPU, in eval mode.
+        [`MisleaderEnsembleForImageClassification`] or [`MisleaderEnsembleForSequenceClassification`]: the served
+        ensemble, on the CPU, in eval mode.
     """
     teacher = _load_teacher(teacher)
+    modality = _modality(teacher)
+    input_column, auto_class, ensemble_class = _MODALITIES[modality]
     num_labels = teacher.config.num_labels
+    if members is None:
+        members = DEFAULT_MEMBERS if modality == "image" else DEFAULT_TEXT_MEMBERS
+    if attacker_model is None:
+        attacker_model = "resnet-tiny" if modality == "image" else "bert-tiny"
     if not members:
         raise ValueError("defend() needs at least one member.")
-    _check_dataset("train_dataset", train_dataset, num_labels)
-    _check_dataset("eval_dataset", eval_dataset, num_labels)
+    if train_dataset is None:
+        raise ValueError("defend() needs a train_dataset.")
+    _check_dataset("train_dataset", train_dataset, num_labels, input_column)
+    _check_dataset("eval_dataset", eval_dataset, num_labels, input_column)
     if member_hyperparameters is None:
         member_hyperparameters = [DEFAULT_MEMBER_HYPERPARAMETERS[i % 3] for i in range(len(members))]
     if len(member_hyperparameters) != len(members):
@@ -99,18 +124,22 @@ def defend(
             args, eval_strategy="epoch", save_strategy="epoch", load_best_model_at_end=True,
             metric_for_best_model="accuracy", save_total_limit=1,
         )
-    channels, height, _ = np.asarray(train_dataset[0]["pixel_values"]).shape
     id2label = dict(teacher.config.id2label)
-
     # Resolve every member and the attacker first, so a bad preset fails before any training.
-    member_configs = [image_member_config(m, num_labels, id2label, channels, height) for m in members]
-    attacker_config = image_member_config(attacker_model, num_labels, id2label, channels, height)
+    first_input = np.asarray(train_dataset[0][input_column])
+    if modality == "image":
+        channels, height, _ = first_input.shape
+        resolve = lambda member: image_member_config(member, num_labels, id2label, channels, height)  # noqa: E731
+    else:
+        resolve = lambda member: text_member_config(member, teacher.config, len(first_input))  # noqa: E731
+    member_configs = [resolve(member) for member in members]
+    attacker_config = resolve(attacker_model)
 
     students, records = [], []
     for index, (member, member_config, hyper) in enumerate(zip(members, member_configs, member_hyperparameters)):
         name = member_name(member)
-        student = AutoModelForImageClassification.from_config(member_config)
-        attacker = AutoModelForImageClassification.from_config(attacker_config)
+        student = auto_class.from_config(member_config)
+        attacker = auto_class.from_config(attacker_config)
         member_args = dataclasses.replace(
             args,
             output_dir=os.path.join(args.output_dir, f"member-{index}-{name}"),
@@ -139,7 +168,7 @@ def defend(
         id2label=id2label,
         label2id={label: index for index, label in id2label.items()},
     )
-    ensemble = MisleaderEnsembleForImageClassification(config)
+    ensemble = ensemble_class(config)
     for slot, student in zip(ensemble.members, students):
         slot.load_state_dict(student.state_dict())
     return ensemble.eval()

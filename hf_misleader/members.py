@@ -1,7 +1,8 @@
 """Named member presets: small heterogeneous classifiers to distil the teacher into.
 
-A preset is `<family>-<size>`, e.g. `"resnet-tiny"` or `"vit-small"`. Image presets are sized for
-small inputs (28x28 to 64x64); pass a config object instead for anything else.
+A preset is `<family>-<size>`, e.g. `"resnet-tiny"` or `"bert-small"`. Image presets are sized for
+small inputs (28x28 to 64x64); text presets take the teacher's vocabulary and maximum length, so they
+share its tokenizer. Pass a config object instead for anything else.
 """
 
 from transformers import AutoConfig, AutoModelForImageClassification, PretrainedConfig, PreTrainedModel
@@ -29,13 +30,46 @@ IMAGE_PRESETS = {
     ),
 }
 
+TEXT_PRESETS = {
+    "bert-tiny": dict(model_type="bert", hidden_size=128, num_hidden_layers=2, num_attention_heads=2, intermediate_size=512),
+    "bert-small": dict(model_type="bert", hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024),
+    "distilbert-tiny": dict(model_type="distilbert", dim=128, n_layers=2, n_heads=2, hidden_dim=512),
+    "distilbert-small": dict(model_type="distilbert", dim=256, n_layers=4, n_heads=4, hidden_dim=1024),
+}
+
 # Config fields that carry the input geometry, per architecture.
 _IMAGE_SIZE_FIELD = {"vit": "image_size", "mobilenet_v2": "image_size"}
 
 
-def list_presets() -> list[str]:
-    """Names accepted wherever a member preset is expected."""
-    return sorted(IMAGE_PRESETS)
+def list_presets(modality: str = None) -> list[str]:
+    """Names accepted wherever a member preset is expected, for `"image"`, `"text"` or both."""
+    presets = {"image": IMAGE_PRESETS, "text": TEXT_PRESETS}
+    if modality is not None and modality not in presets:
+        raise ValueError(f"modality must be 'image' or 'text', got {modality!r}.")
+    return sorted(name for kind, table in presets.items() if modality in (None, kind) for name in table)
+
+
+def _plain_member(member, presets, modality):
+    """A member given as a preset name, a config or a dict -> a plain dict with a `model_type`."""
+    if isinstance(member, str):
+        if member not in presets:
+            raise ValueError(
+                f"Unknown {modality} member preset {member!r}. Available presets: {', '.join(list_presets(modality))}."
+            )
+        return dict(presets[member]), True
+    if isinstance(member, PretrainedConfig):
+        member = member.to_dict()
+    if not isinstance(member, dict) or "model_type" not in member:
+        raise TypeError(f"A member must be a preset name, a config or a dict with a `model_type`, got {member!r}.")
+    return dict(member), False
+
+
+def _finish(member, num_labels, id2label):
+    model_type = member.pop("model_type")
+    for stale in ("id2label", "label2id", "num_labels", "transformers_version", "architectures"):
+        member.pop(stale, None)
+    labels = {"id2label": id2label} if id2label else {"num_labels": num_labels}
+    return AutoConfig.for_model(model_type, **member, **labels)
 
 
 def image_member_config(
@@ -61,23 +95,12 @@ def image_member_config(
         image_size (`int`, *optional*, defaults to 28):
             Side of the square input, for the architectures whose config needs it.
     """
-    if isinstance(member, str):
-        if member not in IMAGE_PRESETS:
-            raise ValueError(f"Unknown member preset {member!r}. Available presets: {', '.join(list_presets())}.")
-        member = dict(IMAGE_PRESETS[member])
+    member, is_preset = _plain_member(member, IMAGE_PRESETS, "image")
+    if is_preset:
         member["num_channels"] = num_channels
         if member["model_type"] in _IMAGE_SIZE_FIELD:
             member[_IMAGE_SIZE_FIELD[member["model_type"]]] = image_size
-    if isinstance(member, PretrainedConfig):
-        member = member.to_dict()
-    if not isinstance(member, dict) or "model_type" not in member:
-        raise TypeError(f"A member must be a preset name, a config or a dict with a `model_type`, got {member!r}.")
-    member = dict(member)
-    model_type = member.pop("model_type")
-    for stale in ("id2label", "label2id", "num_labels", "transformers_version", "architectures"):
-        member.pop(stale, None)
-    labels = {"id2label": id2label} if id2label else {"num_labels": num_labels}
-    return AutoConfig.for_model(model_type, **member, **labels)
+    return _finish(member, num_labels, id2label)
 
 
 def build_image_member(member, num_labels, id2label=None, num_channels=3, image_size=28) -> PreTrainedModel:
@@ -93,3 +116,39 @@ def member_name(member) -> str:
     if isinstance(member, PretrainedConfig):
         return member.model_type
     return str(dict(member).get("model_type", "member"))
+
+
+def _max_positions(config) -> int:
+    return getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None) or 0
+
+
+def text_member_config(member, teacher_config: PretrainedConfig, sequence_length: int = None) -> PretrainedConfig:
+    """
+    Resolve a text member so it reads the teacher's tokenizer: a preset takes the teacher's vocabulary size,
+    maximum length and padding id; a given config must already fit them.
+
+    Args:
+        member (`str`, `dict` or [`PretrainedConfig`]):
+            A text preset name from [`list_presets`], a dict with a `model_type`, or a config.
+        teacher_config ([`PretrainedConfig`]):
+            The teacher's config: label space, vocabulary size and maximum length.
+        sequence_length (`int`, *optional*):
+            Length of the tokenised training inputs; a member with fewer positions is refused.
+    """
+    member, is_preset = _plain_member(member, TEXT_PRESETS, "text")
+    vocab_size, positions = teacher_config.vocab_size, _max_positions(teacher_config)
+    if is_preset:
+        member.update(vocab_size=vocab_size, max_position_embeddings=positions, pad_token_id=teacher_config.pad_token_id)
+    config = _finish(member, teacher_config.num_labels, dict(teacher_config.id2label))
+    if getattr(config, "vocab_size", None) is None or config.vocab_size < vocab_size:
+        raise ValueError(
+            f"Member {config.model_type!r} has a vocabulary of {getattr(config, 'vocab_size', None)} tokens but the "
+            f"teacher's tokenizer produces ids up to {vocab_size - 1}: set vocab_size >= {vocab_size}."
+        )
+    needed = sequence_length or positions
+    if _max_positions(config) < needed:
+        raise ValueError(
+            f"Member {config.model_type!r} takes at most {_max_positions(config)} positions but the inputs are "
+            f"{needed} tokens long: set max_position_embeddings >= {needed}."
+        )
+    return config

@@ -1,6 +1,7 @@
 """MisleaderTrainer: a `transformers.Trainer` that distils one student from a teacher while a simulated
 attacker clone learns from that student, and pushes the student away from what the clone believes."""
 
+import inspect
 import os
 from collections import defaultdict
 
@@ -10,7 +11,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from transformers import Trainer
 
-from .augment import simulate_image_queries
+from .augment import simulate_image_queries, simulate_text_queries
 from .training_args import MisleaderTrainingArguments
 
 ATTACKER_WEIGHTS_NAME = "attacker.safetensors"
@@ -46,7 +47,8 @@ class MisleaderTrainer(Trainer):
 
     Args:
         model ([`~transformers.PreTrainedModel`]):
-            The student: an image classifier taking `pixel_values`, with the teacher's label space.
+            The student: an image classifier (`pixel_values`) or a text classifier (`input_ids`,
+            `attention_mask`) with the teacher's label space and, for text, the teacher's tokenizer.
         teacher_model ([`~transformers.PreTrainedModel`]):
             The model being defended. Kept frozen, used under `no_grad`; never saved with the student.
         attacker_model ([`~transformers.PreTrainedModel`]):
@@ -87,25 +89,24 @@ class MisleaderTrainer(Trainer):
         self.query_generator = torch.Generator(device=self.args.device)
         self.query_generator.manual_seed(args.seed + args.process_index)
         self._step_metrics = defaultdict(list)
+        self._accepted_inputs = {}
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        model_inputs = {name: value for name, value in inputs.items() if name != "labels"}
         if not model.training:  # evaluation: the student alone
-            outputs = model(**inputs)
+            outputs = self._forward(model, inputs)
             return (outputs.loss, outputs) if return_outputs else outputs.loss
         args = self.args
-        pixel_values, labels = inputs["pixel_values"], inputs["labels"]
-        queries = simulate_image_queries(
-            pixel_values, self.query_generator, policy=args.augmentation, strength=args.augmentation_strength
-        )
+        queries = self._attacker_queries(model_inputs)
         with torch.no_grad():
-            teacher_logits = self.teacher(pixel_values=pixel_values).logits
-        outputs = model(pixel_values=pixel_values)
+            teacher_logits = self._forward(self.teacher, model_inputs).logits
+        outputs = self._forward(model, model_inputs)
         student_logits = outputs.logits
         student_query_logits = self._student_on_queries(model, queries)
 
         self._attacker_update(queries, F.softmax(student_query_logits.detach().float(), dim=-1))
         with torch.no_grad():
-            attacker_query_logits = self.attacker(pixel_values=queries).logits
+            attacker_query_logits = self._forward(self.attacker, queries).logits
 
         temperature, alpha = args.temperature, args.alpha
         distillation = F.kl_div(
@@ -114,7 +115,7 @@ class MisleaderTrainer(Trainer):
             log_target=True,
             reduction="batchmean",
         ) * (temperature**2)
-        cross_entropy = F.cross_entropy(student_logits, labels)
+        cross_entropy = F.cross_entropy(student_logits, inputs["labels"])
         # KL(student(x') || attacker(x')): large when the clone has learned the wrong thing from the student.
         adversarial_kl = F.kl_div(
             F.log_softmax(attacker_query_logits.float(), dim=-1),
@@ -134,17 +135,47 @@ class MisleaderTrainer(Trainer):
             self._step_metrics[name].append(value.detach().item())
         return (loss, outputs) if return_outputs else loss
 
+    def _forward(self, model, inputs):
+        # Teacher, student and attacker may differ in architecture: pass each only the inputs it takes
+        # (DistilBERT has no token_type_ids).
+        if id(model) not in self._accepted_inputs:
+            forward = inspect.signature(self.accelerator.unwrap_model(model).forward).parameters
+            takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in forward.values())
+            self._accepted_inputs[id(model)] = None if takes_all else set(forward)
+        accepted = self._accepted_inputs[id(model)]
+        return model(**{name: value for name, value in inputs.items() if accepted is None or name in accepted})
+
+    def _attacker_queries(self, model_inputs):
+        args = self.args
+        if "pixel_values" in model_inputs:
+            pixel_values = simulate_image_queries(
+                model_inputs["pixel_values"], self.query_generator, policy=args.augmentation,
+                strength=args.augmentation_strength,
+            )
+            return {"pixel_values": pixel_values}
+        if "input_ids" in model_inputs:
+            input_ids = model_inputs["input_ids"]
+            attention_mask = model_inputs.get("attention_mask", torch.ones_like(input_ids))
+            input_ids, attention_mask = simulate_text_queries(
+                input_ids, attention_mask, self.query_generator, policy=args.augmentation,
+                strength=args.augmentation_strength,
+            )
+            return {"input_ids": input_ids, "attention_mask": attention_mask}
+        raise ValueError(
+            f"MisleaderTrainer needs `pixel_values` (images) or `input_ids` (text) in each batch; got {sorted(model_inputs)}."
+        )
+
     def _student_on_queries(self, model, queries):
         # A thief queries the served, eval-mode student.
         model.eval()
         try:
-            return model(pixel_values=queries).logits
+            return self._forward(model, queries).logits
         finally:
             model.train()
 
     def _attacker_update(self, queries, student_probs):
         for _ in range(self.args.attacker_steps):
-            attacker_log_probs = F.log_softmax(self.attacker(pixel_values=queries).logits.float(), dim=-1)
+            attacker_log_probs = F.log_softmax(self._forward(self.attacker, queries).logits.float(), dim=-1)
             attacker_loss = F.kl_div(attacker_log_probs, student_probs, reduction="batchmean")
             self.attacker_optimizer.zero_grad(set_to_none=True)
             self.attacker_scaler.scale(attacker_loss).backward()

@@ -1,7 +1,6 @@
 """defend(): input checks that fail fast, and a tiny real end-to-end defence."""
 
 import os
-import time
 
 import pytest
 import torch
@@ -52,11 +51,9 @@ def test_public_defend_is_the_function():
 def test_teacher_with_other_label_count(tmp_path, digits):
     teacher = build_image_member("resnet-tiny", 5, None, 3, IMAGE_SIZE)
     recorder = RecordTraining()
-    started = time.perf_counter()
     with pytest.raises(ValueError, match="5 classes"):
         defend(teacher, digits["train"], members=["resnet-tiny"], args=tiny_args(tmp_path), callbacks=[recorder])
     assert recorder.started == 0
-    assert time.perf_counter() - started < 10
 
 
 def test_eval_dataset_with_other_label_count(tmp_path, digits):
@@ -75,16 +72,14 @@ def test_dataset_without_pixel_values(tmp_path, raw_digits):
 @pytest.mark.parametrize("members", [["no-such-net"], ["resnet-tiny", "no-such-net"]], ids=["first", "second"])
 def test_unknown_member_preset_fails_before_any_training(tmp_path, digits, members):
     recorder = RecordTraining()
-    started = time.perf_counter()
     with pytest.raises(ValueError, match="no-such-net") as error:
         defend(build_member("resnet-tiny"), digits["train"], members=members, args=tiny_args(tmp_path),
                callbacks=[recorder])
-    for preset in list_presets():
+    for preset in list_presets("image"):
         assert preset in str(error.value)
     # Nothing is trained before every member is known to exist.
     assert recorder.started == 0, f"{recorder.started} member(s) trained before the bad preset was rejected"
     assert not os.path.exists(tmp_path / "member-0-resnet-tiny")
-    assert time.perf_counter() - started < 10
 
 
 def test_hyperparameters_must_match_members(tmp_path, digits):
