@@ -4,6 +4,8 @@ import threading
 
 import torch
 
+from .inputs import accepted_inputs, as_input_dict, keep_accepted, num_rows, select_rows
+
 OUTPUT_MODES = ("probabilities", "label")
 
 
@@ -33,6 +35,7 @@ class BlackBoxAPI:
         if budget is not None and budget < 0:
             raise ValueError(f"budget must be >= 0, got {budget}.")
         self.model = model.eval()
+        self._accepted = accepted_inputs(model)
         self.output = output
         self.budget = budget
         self.batch_size = batch_size
@@ -57,20 +60,26 @@ class BlackBoxAPI:
             self._queries_used += count
 
     @torch.no_grad()
-    def query(self, pixel_values: torch.Tensor) -> torch.Tensor:
+    def query(self, inputs) -> torch.Tensor:
         """
-        Answer a batch of inputs.
+        Answer a batch of inputs: a tensor of `pixel_values`, or a dict of tensors (`input_ids`,
+        `attention_mask`, ...) for text. Every row counts as one query.
 
         Returns:
             `torch.Tensor`: `(n, num_labels)` probabilities, or `(n,)` class indices with `output="label"`.
         """
-        if not torch.is_tensor(pixel_values) or pixel_values.dim() < 2 or len(pixel_values) == 0:
-            raise ValueError("query() takes a non-empty batch tensor of inputs.")
-        self._charge(len(pixel_values))
+        if torch.is_tensor(inputs) and inputs.dim() < 2:
+            raise ValueError(f"query() takes a batch of inputs; got a tensor of shape {tuple(inputs.shape)}.")
+        inputs = as_input_dict(inputs)
+        count = num_rows(inputs)
+        if count == 0:
+            raise ValueError("query() takes a non-empty batch of inputs.")
+        self._charge(count)
         device = next(self.model.parameters()).device
         answers = []
-        for start in range(0, len(pixel_values), self.batch_size):
-            logits = self.model(pixel_values=pixel_values[start : start + self.batch_size].to(device)).logits
+        for start in range(0, count, self.batch_size):
+            batch = select_rows(keep_accepted(inputs, self._accepted), slice(start, start + self.batch_size))
+            logits = self.model(**{name: value.to(device) for name, value in batch.items()}).logits
             probabilities = torch.softmax(logits.float(), dim=-1)
             answers.append(probabilities.argmax(-1) if self.output == "label" else probabilities)
         return torch.cat(answers).cpu()

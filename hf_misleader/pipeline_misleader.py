@@ -286,7 +286,10 @@ class ProtectedImageClassificationPipeline(OutputHardeningMixin, ImageClassifica
             # The image processor's own rule: the first axis is the channel axis if it could be one.
             channel_axis = 0 if shape[0] in (1, 3, 4) else 2 if shape[2] in (1, 3, 4) else None
             if channel_axis is None:
-                raise ValueError(f"{where} has shape {shape}: neither its first nor its last axis is a channel axis.")
+                raise ValueError(
+                    f"{where} has shape {shape}: its first and last axes are not channel axes (of size 1, 3 or 4); "
+                    f"the model takes {self._channels or 3}-channel images."
+                )
             height, width = [size for axis, size in enumerate(shape) if axis != channel_axis]
             if height == 0 or width == 0:
                 raise ValueError(f"{where} is an image with no pixels (shape {shape}).")
@@ -299,7 +302,7 @@ class ProtectedImageClassificationPipeline(OutputHardeningMixin, ImageClassifica
                 )
             return
         raise ValueError(
-            f"{where} is a {type(item).__name__}; an image is a PIL image, a numpy/torch array, a path or a URL."
+            f"{where} is of type {type(item).__name__}; an image is a PIL image, a numpy/torch array, a path or a URL."
         )
 
     def preprocess(self, image, timeout=None):
@@ -370,7 +373,7 @@ class ProtectedTextClassificationPipeline(OutputHardeningMixin, TextClassificati
                     raise ValueError(f"{where}'s {key!r} must be a non-empty string, got {value!r}.")
             return
         raise ValueError(
-            f"{where} is a {type(item).__name__}; a text input is a non-empty string or a "
+            f"{where} is of type {type(item).__name__}; a text input is a non-empty string or a "
             '{"text": ..., "text_pair": ...} dict.'
         )
 

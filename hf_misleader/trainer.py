@@ -1,7 +1,6 @@
 """MisleaderTrainer: a `transformers.Trainer` that distils one student from a teacher while a simulated
 attacker clone learns from that student, and pushes the student away from what the clone believes."""
 
-import inspect
 import os
 from collections import defaultdict
 
@@ -12,6 +11,7 @@ from safetensors.torch import load_file, save_file
 from transformers import Trainer
 
 from .augment import simulate_image_queries, simulate_text_queries
+from .inputs import accepted_inputs, keep_accepted
 from .training_args import MisleaderTrainingArguments
 
 ATTACKER_WEIGHTS_NAME = "attacker.safetensors"
@@ -136,14 +136,10 @@ class MisleaderTrainer(Trainer):
         return (loss, outputs) if return_outputs else loss
 
     def _forward(self, model, inputs):
-        # Teacher, student and attacker may differ in architecture: pass each only the inputs it takes
-        # (DistilBERT has no token_type_ids).
+        # Teacher, student and attacker may differ in architecture: pass each only the inputs it takes.
         if id(model) not in self._accepted_inputs:
-            forward = inspect.signature(self.accelerator.unwrap_model(model).forward).parameters
-            takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in forward.values())
-            self._accepted_inputs[id(model)] = None if takes_all else set(forward)
-        accepted = self._accepted_inputs[id(model)]
-        return model(**{name: value for name, value in inputs.items() if accepted is None or name in accepted})
+            self._accepted_inputs[id(model)] = accepted_inputs(self.accelerator.unwrap_model(model))
+        return model(**keep_accepted(inputs, self._accepted_inputs[id(model)]))
 
     def _attacker_queries(self, model_inputs):
         args = self.args

@@ -104,7 +104,11 @@ def test_query_needs_a_batch(victim):
     with pytest.raises(ValueError):
         api.query(torch.empty(0, 3, IMAGE_SIZE, IMAGE_SIZE))
     with pytest.raises(ValueError):
+        api.query(torch.zeros(3))
+    with pytest.raises(TypeError):
         api.query([[0.0]])
+    with pytest.raises(ValueError, match="same number of rows"):
+        api.query({"input_ids": torch.zeros(2, 4, dtype=torch.long), "attention_mask": torch.ones(3, 4)})
     assert api.queries_used == 0
 
 

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..blackbox import BlackBoxAPI
+from ..inputs import accepted_inputs, as_input_dict, keep_accepted, num_rows, select_rows
 
 LABEL_MODES = ("soft", "label_only")
 
@@ -14,15 +15,17 @@ LABEL_MODES = ("soft", "label_only")
 def train_clone(clone, inputs, answers, labels="soft", epochs=20, min_steps=200, batch_size=64, learning_rate=1e-3, seed=0):
     """Fit `clone` to the victim's answers: soft labels by KL to the probabilities, label-only by cross-entropy."""
     generator = torch.Generator().manual_seed(seed)
-    steps = max(min_steps, epochs * math.ceil(len(inputs) / batch_size))
+    inputs = keep_accepted(as_input_dict(inputs), accepted_inputs(clone))
+    rows = num_rows(inputs)
+    steps = max(min_steps, epochs * math.ceil(rows / batch_size))
     optimizer = torch.optim.Adam(clone.parameters(), lr=learning_rate)
     clone.train()
     order = torch.empty(0, dtype=torch.long)
     for _ in range(steps):
         if len(order) < batch_size:  # reshuffle each epoch; the tail of an epoch rolls into the next
-            order = torch.cat([order, torch.randperm(len(inputs), generator=generator)])
+            order = torch.cat([order, torch.randperm(rows, generator=generator)])
         batch, order = order[:batch_size], order[batch_size:]
-        log_probs = F.log_softmax(clone(pixel_values=inputs[batch]).logits, dim=-1)
+        log_probs = F.log_softmax(clone(**select_rows(inputs, batch)).logits, dim=-1)
         if labels == "soft":
             loss = F.kl_div(log_probs, answers[batch], reduction="batchmean")
         else:
@@ -43,8 +46,9 @@ def run(api: BlackBoxAPI, budget: int, pool: torch.Tensor, build_clone, labels="
             The victim. Its `output` must match `labels` (`"probabilities"` for soft, `"label"` for label-only).
         budget (`int`):
             Number of queries; must not exceed the pool (each pool input is asked once).
-        pool (`torch.Tensor`):
-            The thief's own unlabelled inputs, processed like the victim's (`pixel_values`).
+        pool (`torch.Tensor` or `dict[str, torch.Tensor]`):
+            The thief's own unlabelled inputs, processed like the victim's: `pixel_values`, or a dict of
+            tokenised text (`input_ids`, `attention_mask`, ...).
         build_clone (`Callable[[], nn.Module]`):
             Returns a fresh clone model (the thief's architecture), called once per checkpoint.
         labels (`str`, *optional*, defaults to `"soft"`):
@@ -67,20 +71,24 @@ def run(api: BlackBoxAPI, budget: int, pool: torch.Tensor, build_clone, labels="
         raise ValueError(f"A {labels!r} attack needs an API with output={expected_output!r}, got {api.output!r}.")
     if budget < 1:
         raise ValueError(f"budget must be >= 1, got {budget}.")
-    if budget > len(pool):
+    pool = as_input_dict(pool)
+    pool_size = num_rows(pool)
+    if budget > pool_size:
         raise ValueError(
-            f"A budget of {budget} queries is larger than the pool of {len(pool)} inputs; KnockoffNets asks each "
+            f"A budget of {budget} queries is larger than the pool of {pool_size} inputs; KnockoffNets asks each "
             "pool input once. Use a larger pool or a smaller budget."
         )
     checkpoints = sorted(set(checkpoints or [budget]))
     if checkpoints[-1] != budget or checkpoints[0] < 1:
         raise ValueError(f"checkpoints must lie in [1, budget] and end at the budget; got {checkpoints}.")
-    chosen = torch.randperm(len(pool), generator=torch.Generator().manual_seed(seed))[:budget]
-    inputs = pool[chosen]
+    chosen = torch.randperm(pool_size, generator=torch.Generator().manual_seed(seed))[:budget]
+    inputs = select_rows(pool, chosen)
     answers = api.query(inputs)
     history, clone = [], None
     for count in tqdm(checkpoints, desc=f"knockoff {labels}", disable=not progress, leave=False):
         torch.manual_seed(seed)  # same clone initialisation for every victim
-        clone = train_clone(build_clone(), inputs[:count], answers[:count], labels=labels, seed=seed, **train_kwargs)
+        clone = train_clone(
+            build_clone(), select_rows(inputs, slice(0, count)), answers[:count], labels=labels, seed=seed, **train_kwargs
+        )
         history.append({"queries": count, **(evaluate(clone) if evaluate else {})})
     return clone, history

@@ -1,0 +1,38 @@
+"""Model inputs as either a tensor of `pixel_values` or a dict of tensors (`input_ids`, `attention_mask`, ...)."""
+
+import inspect
+
+import torch
+
+
+def as_input_dict(inputs) -> dict:
+    """A batch given as a bare tensor is `pixel_values`; a dict is taken as it is."""
+    if torch.is_tensor(inputs):
+        return {"pixel_values": inputs}
+    if isinstance(inputs, dict) and inputs and all(torch.is_tensor(v) for v in inputs.values()):
+        return dict(inputs)
+    raise TypeError("Inputs must be a tensor of pixel_values or a non-empty dict of tensors.")
+
+
+def num_rows(inputs: dict) -> int:
+    lengths = {len(value) for value in inputs.values()}
+    if len(lengths) != 1:
+        raise ValueError(f"All input tensors must have the same number of rows, got {sorted(lengths)}.")
+    return lengths.pop()
+
+
+def select_rows(inputs: dict, index) -> dict:
+    return {name: value[index] for name, value in inputs.items()}
+
+
+def accepted_inputs(model):
+    """Names `model.forward` takes, or None when it takes any keyword."""
+    parameters = inspect.signature(model.forward).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return None
+    return set(parameters)
+
+
+def keep_accepted(inputs: dict, accepted) -> dict:
+    # Models of different architectures take different inputs (DistilBERT has no token_type_ids).
+    return {name: value for name, value in inputs.items() if accepted is None or name in accepted}

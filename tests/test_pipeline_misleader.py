@@ -1,0 +1,365 @@
+"""Protected pipelines: stock scores, output hardening, per-caller query budgets and input checks, on tiny real models."""
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import (
+    BertConfig,
+    BertForSequenceClassification,
+    BertTokenizerFast,
+    DistilBertConfig,
+    DistilBertForSequenceClassification,
+    pipeline,
+)
+from transformers.pipelines import PIPELINE_REGISTRY
+
+from hf_misleader import (
+    MisleaderConfig,
+    MisleaderEnsembleForImageClassification,
+    MisleaderEnsembleForSequenceClassification,
+    ProtectedImageClassificationPipeline,
+    ProtectedTextClassificationPipeline,
+    QueryBudget,
+    register_pipelines,
+)
+from hf_misleader.pipeline_misleader import QueryBudgetExceeded
+
+from .conftest import ID2LABEL, NUM_LABELS, build_member
+
+TEXT_LABELS = {0: "negative", 1: "neutral", 2: "positive"}
+WORDS = "the a movie film good bad great awful plot actor boring fun not very".split()
+TEXTS = ["the movie was good", "a boring plot", "not very fun", "great actor awful film"]
+
+
+def sharpen(model, factor):
+    """Scale the classification head so that members are confident and scores far apart."""
+    with torch.no_grad():
+        head = [module for module in model.modules() if isinstance(module, torch.nn.Linear)][-1]
+        head.weight.mul_(factor)
+        head.bias.mul_(factor)
+    return model
+
+
+def load_members(ensemble, members):
+    for slot, member in zip(ensemble.members, members):
+        slot.load_state_dict(member.state_dict())
+
+
+@pytest.fixture(scope="module")
+def image_model(tmp_path_factory, processor):
+    members = [sharpen(build_member(preset, seed=index), 20.0) for index, preset in enumerate(("resnet-tiny", "vit-tiny"))]
+    config = MisleaderConfig(
+        members=[member.config.to_dict() for member in members],
+        id2label=ID2LABEL,
+        label2id={label: index for index, label in ID2LABEL.items()},
+    )
+    ensemble = MisleaderEnsembleForImageClassification(config)
+    load_members(ensemble, members)
+    folder = tmp_path_factory.mktemp("protected") / "image"
+    ensemble.save_pretrained(folder)
+    processor.save_pretrained(folder)  # ViTImageProcessorPil, 16x16
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def text_model(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("protected") / "text"
+    folder.mkdir()
+    vocab_file = folder / "vocab.txt"
+    vocab_file.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
+    # transformers 5: the vocabulary is `vocab=` (a path or a dict); `vocab_file=` is silently ignored.
+    tokenizer = BertTokenizerFast(vocab=str(vocab_file))
+    assert tokenizer.unk_token_id not in tokenizer("the movie was good")["input_ids"][1:3]
+    torch.manual_seed(0)
+    size = {"vocab_size": len(WORDS) + 5, "max_position_embeddings": 16, "id2label": TEXT_LABELS}
+    members = [
+        BertForSequenceClassification(
+            BertConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, **size)
+        ),
+        DistilBertForSequenceClassification(
+            DistilBertConfig(dim=16, n_layers=1, n_heads=2, hidden_dim=32, **size)
+        ),
+    ]
+    members = [sharpen(member.eval(), 100.0) for member in members]
+    ensemble = MisleaderEnsembleForSequenceClassification(
+        MisleaderConfig(members=[member.config.to_dict() for member in members])
+    )
+    load_members(ensemble, members)
+    ensemble.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def images(raw_digits):
+    return list(raw_digits["validation"]["image"][:3])  # real grayscale (mode "L") digits
+
+
+@pytest.fixture(scope="module")
+def stock_image(image_model):
+    return pipeline("image-classification", model=image_model, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def stock_text(text_model):
+    return pipeline("text-classification", model=text_model, device="cpu")
+
+
+def protected_image(image_model, **options):
+    return pipeline("protected-image-classification", model=image_model, device="cpu", **options)
+
+
+def protected_text(text_model, **options):
+    return pipeline("protected-text-classification", model=text_model, device="cpu", **options)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Registration and QueryBudget
+
+
+def test_tasks_are_registered_once():
+    for task, cls in (
+        ("protected-image-classification", ProtectedImageClassificationPipeline),
+        ("protected-text-classification", ProtectedTextClassificationPipeline),
+    ):
+        assert PIPELINE_REGISTRY.supported_tasks[task]["impl"] is cls
+    before = dict(PIPELINE_REGISTRY.supported_tasks)
+    register_pipelines()  # idempotent: no "already registered" overwrite
+    assert PIPELINE_REGISTRY.supported_tasks == before
+
+
+def test_query_budget_counts_per_caller_and_refuses_without_charging():
+    budget = QueryBudget(5)
+    assert budget.charge("alice", 3) == 2
+    assert (budget.used("alice"), budget.remaining("alice"), budget.remaining("bob")) == (3, 2, 5)
+    with pytest.raises(QueryBudgetExceeded, match=r"'alice'.*3 queries asked, 3 of the budget of 5 already used"):
+        budget.charge("alice", 3)
+    assert budget.used("alice") == 3
+    budget.charge("alice", 2)
+    with pytest.raises(QueryBudgetExceeded):
+        budget.charge("alice", 1)
+    assert budget.charge("bob", 5) == 0
+    assert issubclass(QueryBudgetExceeded, RuntimeError)
+    for bad in (-1, 2.5, True, None):
+        with pytest.raises(ValueError, match="max_queries"):
+            QueryBudget(bad)
+    with pytest.raises(ValueError, match="count"):
+        budget.charge("carol", -1)
+    with pytest.raises(ValueError, match="caller"):
+        budget.charge("", 1)
+
+
+def test_query_budget_is_exact_under_threads():
+    budget, granted, refused = QueryBudget(150), [], []
+    barrier = threading.Barrier(8)
+
+    def client(name):
+        barrier.wait()
+        for _ in range(40):
+            try:
+                budget.charge(name if name != "shared" else "shared", 1)
+                granted.append(1)
+            except QueryBudgetExceeded:
+                refused.append(1)
+
+    threads = [threading.Thread(target=client, args=("shared",)) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert (len(granted), len(refused), budget.used("shared")) == (150, 8 * 40 - 150, 150)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Image pipeline
+
+
+def test_image_scores_equal_stock_and_cap_top_k(image_model, stock_image, images):
+    stock = stock_image(images, top_k=NUM_LABELS)
+    assert stock[0][0]["score"] > 0.3  # confident members: far from uniform (0.1)
+
+    uncapped = protected_image(image_model, max_top_k=None)
+    assert isinstance(uncapped, ProtectedImageClassificationPipeline)
+    assert uncapped(images, top_k=NUM_LABELS) == stock
+    assert uncapped(images[0], top_k=None) == stock[0]  # None: every class
+    assert uncapped(images[0]) == stock[0][:5]  # the stock default top_k=5
+
+    default = protected_image(image_model)  # max_top_k=1
+    assert default(images[0]) == stock[0][:1]
+    assert default(images, top_k=NUM_LABELS) == [answer[:1] for answer in stock]
+
+    capped = protected_image(image_model, max_top_k=3)
+    assert capped(images, top_k=NUM_LABELS) == [answer[:3] for answer in stock]
+    assert capped(images[1], top_k=2) == stock[1][:2]
+
+
+def test_image_rounding_and_label_only(image_model, stock_image, images):
+    stock = stock_image(images, top_k=NUM_LABELS)
+    rounded = protected_image(image_model, max_top_k=4, round_digits=2)(images, top_k=NUM_LABELS)
+    assert rounded == [
+        [{"label": entry["label"], "score": round(entry["score"], 2)} for entry in answer[:4]] for answer in stock
+    ]
+    labels = protected_image(image_model, label_only=True, max_top_k=5)
+    assert labels(images[0], top_k=5) == [{"label": stock[0][0]["label"]}]
+    assert labels(images) == [[{"label": answer[0]["label"]}] for answer in stock]
+
+
+def test_image_options_are_fixed_at_construction(image_model, images):
+    classify = protected_image(image_model, max_top_k=2)
+    for option in ({"max_top_k": 10}, {"label_only": False}, {"round_digits": None}, {"query_budget": 10 ** 9},
+                   {"function_to_apply": "none"}):
+        with pytest.raises(ValueError, match="fixed when the protected pipeline is built"):
+            classify(images[0], **option)
+    with pytest.raises(ValueError, match="top_k"):
+        classify(images[0], top_k=0)
+    for bad in ({"max_top_k": -1}, {"max_top_k": 0}, {"round_digits": -2}, {"label_only": "yes"},
+                {"query_budget": -3}, {"function_to_apply": "none"}, {"top_k": -1}):
+        with pytest.raises(ValueError):
+            protected_image(image_model, **bad)
+
+
+def test_image_budget_per_caller_and_batches(image_model, images):
+    classify = protected_image(image_model, query_budget=5)
+    classify(images[0], caller="alice")
+    classify(images, caller="alice")  # a list of 3 counts 3
+    with pytest.raises(QueryBudgetExceeded, match=r"'alice': 3 queries asked, 4 of the budget of 5"):
+        classify(images, caller="alice")
+    assert classify.query_budget.used("alice") == 4  # refused: nothing charged
+    classify(images[1], caller="alice")
+    with pytest.raises(QueryBudgetExceeded):
+        classify(images[1], caller="alice")
+    # Callers are independent; the default caller is "anonymous".
+    assert len(classify(images + images[:2], caller="bob")) == 5
+    classify(images[0])
+    assert (classify.query_budget.used("bob"), classify.query_budget.used("anonymous")) == (5, 1)
+    # A generator is charged lazily, one input at a time before it is answered.
+    answers = classify((image for image in images * 2), caller="carol")
+    received = []
+    with pytest.raises(QueryBudgetExceeded):
+        for answer in answers:
+            received.append(answer)
+    assert len(received) == 5 and classify.query_budget.used("carol") == 5
+
+
+def test_image_budget_is_exact_under_concurrent_calls(image_model, images):
+    classify = protected_image(image_model, query_budget=12)
+    served, refused, errors = [], [], []
+    barrier = threading.Barrier(6)
+
+    def client(index):
+        barrier.wait()
+        for _ in range(4):
+            try:
+                served.append(classify(images[index % len(images)], caller="shared"))
+            except QueryBudgetExceeded:
+                refused.append(1)
+            except Exception as error:  # noqa: BLE001 - surfaced below
+                errors.append(error)
+
+    threads = [threading.Thread(target=client, args=(index,)) for index in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert (len(served), len(refused), classify.query_budget.used("shared")) == (12, 12, 12)
+    assert all(len(answer) == 1 and "score" in answer[0] for answer in served)
+
+
+def test_image_bad_inputs_raise_clear_errors_before_charging(image_model, images):
+    classify = protected_image(image_model, query_budget=100)
+    cases = [
+        ("", "empty string"),
+        ("   ", "empty string"),
+        ([], "empty list"),
+        (3, "is of type int"),
+        ([images[0], {"image": 1}], "Input 1 is of type dict"),
+        (np.zeros((16, 16, 4), np.uint8), r"4 channels \(shape \(16, 16, 4\)\) but the model takes 3"),
+        (torch.zeros(4, 16, 16), "4 channels"),
+        (np.zeros((16, 16, 2), np.uint8), "not channel axes"),
+        (np.zeros((16, 16), np.uint8), "one image is an"),
+        (np.zeros((2, 3, 16, 16), np.float32), "pass a list for several images"),
+        (np.zeros((0, 0, 3), np.uint8), "no pixels"),
+        (Image.new("RGB", (0, 0)), "no pixels"),
+    ]
+    for bad, message in cases:
+        with pytest.raises(ValueError, match=message):
+            classify(bad, caller="mallory")
+    assert classify.query_budget.used("mallory") == 0
+
+
+def test_image_accepts_pil_modes_and_matching_arrays(image_model, stock_image, images):
+    classify = protected_image(image_model, max_top_k=None)
+    rgba = images[0].convert("RGBA")
+    # PIL images are converted from their mode, as in the stock pipeline (RGBA loses its alpha channel).
+    assert classify(rgba, top_k=3) == stock_image(rgba, top_k=3) == stock_image(images[0], top_k=3)
+    rgb = np.asarray(images[0].convert("RGB"))
+    from_array = classify(rgb, top_k=3)
+    assert from_array == classify(np.ascontiguousarray(rgb.transpose(2, 0, 1)), top_k=3)
+    assert [entry["label"] for entry in from_array] == [entry["label"] for entry in stock_image(images[0], top_k=3)]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Text pipeline
+
+
+def test_text_scores_equal_stock_in_every_call_form(text_model, stock_text):
+    uncapped = protected_text(text_model, max_top_k=None)
+    assert isinstance(uncapped, ProtectedTextClassificationPipeline)
+    every = stock_text(TEXTS, top_k=None)
+    assert max(answer[0]["score"] for answer in every) > 0.45  # far from uniform (1/3)
+    assert uncapped(TEXTS, top_k=None) == every
+    assert uncapped(TEXTS[0], top_k=None) == stock_text(TEXTS[0], top_k=None)
+    # Without top_k: the stock top-1 forms, a one-item list for a string, a dict per input for a list.
+    assert uncapped(TEXTS[0]) == stock_text(TEXTS[0]) == [every[0][0]]
+    assert uncapped(TEXTS) == stock_text(TEXTS) == [answer[0] for answer in every]
+    pair = {"text": "the movie", "text_pair": "boring plot"}
+    assert uncapped(pair) == stock_text(pair)
+
+    capped = protected_text(text_model, max_top_k=2)
+    assert capped(TEXTS, top_k=None) == [answer[:2] for answer in every]
+    assert capped(TEXTS[1], top_k=3) == every[1][:2]
+    assert capped(TEXTS[1]) == [every[1][0]]
+    # A top_k given at construction: one list per input (stock wraps a single string's answer in a second list).
+    assert protected_text(text_model, top_k=2, max_top_k=3)(TEXTS[2]) == every[2][:2]
+
+
+def test_text_rounding_and_label_only(text_model, stock_text):
+    every = stock_text(TEXTS, top_k=None)
+    rounded = protected_text(text_model, max_top_k=3, round_digits=3)(TEXTS, top_k=None)
+    assert rounded == [[{"label": e["label"], "score": round(e["score"], 3)} for e in answer] for answer in every]
+    labels = protected_text(text_model, label_only=True, max_top_k=3)
+    assert labels(TEXTS[0]) == [{"label": every[0][0]["label"]}]
+    assert labels(TEXTS) == [{"label": answer[0]["label"]} for answer in every]
+    assert labels(TEXTS, top_k=None) == [[{"label": answer[0]["label"]}] for answer in every]
+
+
+def test_text_budget_and_bad_inputs(text_model):
+    classify = protected_text(text_model, query_budget=3)
+    cases = [
+        ("", "empty string"),
+        (" \n", "empty string"),
+        ([], "empty list"),
+        (5, "is of type int"),
+        (["fine", ""], "Input 1 is an empty string"),
+        ([["the movie", "good"]], "Input 0 is of type list"),
+        ({"txt": "good"}, "keys"),
+        ({"text": "good", "text_pair": ""}, "'text_pair' must be a non-empty string"),
+        (Image.new("RGB", (4, 4)), "is of type Image"),
+    ]
+    for bad, message in cases:
+        with pytest.raises(ValueError, match=message):
+            classify(bad, caller="mallory")
+    assert classify.query_budget.used("mallory") == 0
+    with pytest.raises(ValueError, match="tokens long; the model takes at most 16"):
+        classify("good " * 30, caller="mallory")  # passes the input checks, so it was charged
+    assert classify(TEXTS[:2], caller="mallory") and classify.query_budget.used("mallory") == 3
+    with pytest.raises(QueryBudgetExceeded, match="'mallory'"):
+        classify(TEXTS[0], caller="mallory")
+    assert len(classify(TEXTS[:3], caller="alice")) == 3
+    # Long texts are served when the pipeline is built to truncate them.
+    truncating = protected_text(text_model, truncation=True, max_length=16)
+    assert truncating("good " * 30)[0]["label"] in TEXT_LABELS.values()
