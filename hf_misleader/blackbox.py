@@ -5,12 +5,9 @@ import threading
 import torch
 
 from .inputs import accepted_inputs, as_input_dict, keep_accepted, num_rows, select_rows
+from .pipeline_misleader import QueryBudgetExceeded  # one exception for every budget, served or simulated
 
 OUTPUT_MODES = ("probabilities", "label")
-
-
-class QueryBudgetExceeded(RuntimeError):
-    """Raised when a caller asks for more answers than its query budget allows."""
 
 
 class BlackBoxAPI:

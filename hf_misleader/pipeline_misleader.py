@@ -122,8 +122,6 @@ class OutputHardeningMixin:
             Unlimited when `None`.
     """
 
-    _default_top_k = 1
-
     def __init__(self, *args, max_top_k=1, round_digits=None, label_only=False, query_budget=None, **kwargs):
         if max_top_k is not None and (isinstance(max_top_k, bool) or not isinstance(max_top_k, int) or max_top_k < 1):
             raise ValueError(f"max_top_k must be an int >= 1 (or None for no cap), got {max_top_k!r}.")
@@ -250,8 +248,6 @@ class ProtectedImageClassificationPipeline(OutputHardeningMixin, ImageClassifica
     `max_top_k` of them), or `[{"label"}]` with `label_only=True`; a list of images gives a list of answers.
     """
 
-    _default_top_k = 5
-
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._channels = _expected_image_channels(self.model.config)
@@ -295,10 +291,11 @@ class ProtectedImageClassificationPipeline(OutputHardeningMixin, ImageClassifica
                 raise ValueError(f"{where} is an image with no pixels (shape {shape}).")
             channels = shape[channel_axis]
             if self._channels is not None and channels != self._channels:
+                mode = {1: "L", 3: "RGB"}.get(self._channels)
+                hint = f", e.g. `PIL.Image.fromarray(array).convert({mode!r})`" if mode else ""
                 raise ValueError(
                     f"{where} has {channels} channels (shape {shape}) but the model takes {self._channels}. "
-                    "An array has no mode to convert from: convert it first, e.g. "
-                    "`PIL.Image.fromarray(array).convert('RGB')`."
+                    f"An array has no mode to convert from: convert it first{hint}."
                 )
             return
         raise ValueError(
@@ -338,10 +335,9 @@ class ProtectedTextClassificationPipeline(OutputHardeningMixin, TextClassificati
     `caller`). Output shapes are the stock ones: without `top_k`, one `{"label", "score"}` per input (a single string
     gives `[{...}]`); with `top_k` (an int, or `None` for all classes), a list of at most `max_top_k` entries per
     input. With `label_only=True` each entry is `{"label"}` and an answer has only the top-1 label. A text longer
-    than the model's positions is refused with a `ValueError` (build the pipeline with `truncation=True` to cut it).
+    than the model's positions is refused with a `ValueError`, after it was charged (build the pipeline with
+    `truncation=True` to cut long texts instead).
     """
-
-    _default_top_k = 1
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

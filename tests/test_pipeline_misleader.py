@@ -1,5 +1,9 @@
-"""Protected pipelines: stock scores, output hardening, per-caller query budgets and input checks, on tiny real models."""
+"""Protected pipelines on tiny real models: stock scores, output hardening, per-caller budgets, input checks."""
 
+import os
+import subprocess
+import sys
+import textwrap
 import threading
 
 import numpy as np
@@ -12,6 +16,7 @@ from transformers import (
     BertTokenizerFast,
     DistilBertConfig,
     DistilBertForSequenceClassification,
+    ViTImageProcessorPil,
     pipeline,
 )
 from transformers.pipelines import PIPELINE_REGISTRY
@@ -27,7 +32,9 @@ from hf_misleader import (
 )
 from hf_misleader.pipeline_misleader import QueryBudgetExceeded
 
-from .conftest import ID2LABEL, NUM_LABELS, build_member
+from hf_misleader.members import build_image_member
+
+from .conftest import ID2LABEL, IMAGE_SIZE, NUM_LABELS, build_member
 
 TEXT_LABELS = {0: "negative", 1: "neutral", 2: "positive"}
 WORDS = "the a movie film good bad great awful plot actor boring fun not very".split()
@@ -50,7 +57,8 @@ def load_members(ensemble, members):
 
 @pytest.fixture(scope="module")
 def image_model(tmp_path_factory, processor):
-    members = [sharpen(build_member(preset, seed=index), 20.0) for index, preset in enumerate(("resnet-tiny", "vit-tiny"))]
+    presets = ("resnet-tiny", "vit-tiny")
+    members = [sharpen(build_member(preset, seed=index), 20.0) for index, preset in enumerate(presets)]
     config = MisleaderConfig(
         members=[member.config.to_dict() for member in members],
         id2label=ID2LABEL,
@@ -160,7 +168,7 @@ def test_query_budget_is_exact_under_threads():
         barrier.wait()
         for _ in range(40):
             try:
-                budget.charge(name if name != "shared" else "shared", 1)
+                budget.charge(name, 1)
                 granted.append(1)
             except QueryBudgetExceeded:
                 refused.append(1)
@@ -300,6 +308,50 @@ def test_image_accepts_pil_modes_and_matching_arrays(image_model, stock_image, i
     from_array = classify(rgb, top_k=3)
     assert from_array == classify(np.ascontiguousarray(rgb.transpose(2, 0, 1)), top_k=3)
     assert [entry["label"] for entry in from_array] == [entry["label"] for entry in stock_image(images[0], top_k=3)]
+
+
+def test_grayscale_model_takes_pil_images_and_one_channel_arrays(tmp_path, images):
+    member = build_image_member("resnet-tiny", NUM_LABELS, ID2LABEL, 1, IMAGE_SIZE).eval()
+    ensemble = MisleaderEnsembleForImageClassification(MisleaderConfig(members=[member.config.to_dict()]))
+    load_members(ensemble, [member])
+    ensemble.save_pretrained(tmp_path)
+    size = {"height": IMAGE_SIZE, "width": IMAGE_SIZE}
+    ViTImageProcessorPil(size=size, image_mean=[0.5], image_std=[0.5]).save_pretrained(tmp_path)
+    classify = protected_image(str(tmp_path), max_top_k=None)
+    # PIL images of any mode are converted to grayscale for a 1-channel model (the stock pipeline makes them RGB).
+    gray = classify(images[0], top_k=3)
+    assert classify(images[0].convert("RGB"), top_k=3) == gray
+    assert classify(np.asarray(images[0])[:, :, None], top_k=3) == gray
+    with pytest.raises(ValueError, match=r"3 channels .* the model takes 1.*convert\('L'\)"):
+        classify(np.zeros((IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8))
+
+
+def test_saved_protected_pipeline_loads_with_trust_remote_code(image_model, tmp_path, images):
+    """pipeline_misleader.py travels with the model and runs where hf_misleader is not installed."""
+    protected_image(image_model, max_top_k=3).save_pretrained(tmp_path / "served")
+    assert (tmp_path / "served" / "pipeline_misleader.py").is_file()
+    images[0].save(tmp_path / "digit.png")
+    script = textwrap.dedent(
+        """
+        import sys, torch
+        torch.set_num_threads(1)
+        from transformers import pipeline
+        classify = pipeline(model=sys.argv[1], trust_remote_code=True, device="cpu")
+        assert "hf_misleader" not in sys.modules, "the library was imported"
+        assert type(classify).__module__.startswith("transformers_modules"), type(classify).__module__
+        assert classify.task == "protected-image-classification", classify.task
+        answer = classify(sys.argv[2], top_k=5)
+        assert len(answer) == 1 and set(answer[0]) == {"label", "score"}, answer  # default max_top_k=1
+        print("REMOTE-PIPELINE-OK")
+        """
+    )
+    env = dict(os.environ, HF_MODULES_CACHE=str(tmp_path / "modules"), OMP_NUM_THREADS="1")
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "served"), str(tmp_path / "digit.png")],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "REMOTE-PIPELINE-OK" in done.stdout
 
 
 # ----------------------------------------------------------------------------------------------------------------
