@@ -7,15 +7,19 @@ import sys
 def _demo(arguments):
     from .demo import run_demo
 
-    run_demo(output_dir=arguments.output_dir, quick=arguments.quick, seed=arguments.seed,
-             progress=not arguments.no_progress)
+    output_dir = arguments.output_dir or ("outputs/demo" if arguments.task == "image" else "outputs/demo-text")
+    run_demo(output_dir=output_dir, quick=arguments.quick, seed=arguments.seed, progress=not arguments.no_progress,
+             task=arguments.task)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hf-misleader", description="Defend classifiers against model extraction.")
     commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser("demo", help="Defend a real MNIST classifier end to end and report honestly.")
-    demo.add_argument("--output-dir", default="outputs/demo", help="Where to write the model, results and card.")
+    demo = commands.add_parser("demo", help="Defend a real classifier end to end and report honestly.")
+    demo.add_argument("--task", choices=("image", "text"), default="image",
+                      help="image: MNIST digits (default); text: Rotten Tomatoes with a pretrained MiniLM teacher.")
+    demo.add_argument("--output-dir", default=None,
+                      help="Where to write the model, results and card (default: outputs/demo[-text]).")
     demo.add_argument("--quick", action="store_true", help="Toy scale (seconds), for tests.")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--no-progress", action="store_true", help="Hide progress bars.")

@@ -4,14 +4,17 @@ import dataclasses
 import os
 
 import numpy as np
+import torch
 from datasets import Dataset
+from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModelForImageClassification, AutoModelForSequenceClassification, PreTrainedModel
 
 from .configuration_misleader import MisleaderConfig
 from .data import num_classes
 from .members import image_member_config, member_name, text_member_config
+from .inputs import accepted_inputs, keep_accepted
 from .modeling_misleader import MisleaderEnsembleForImageClassification, MisleaderEnsembleForSequenceClassification
-from .trainer import MisleaderTrainer
+from .trainer import TEACHER_LOGITS_COLUMN, MisleaderTrainer
 from .training_args import MisleaderTrainingArguments
 
 DEFAULT_MEMBERS = ("resnet-tiny", "mobilenet_v2-tiny", "convnext-tiny")
@@ -70,6 +73,7 @@ def defend(
     member_hyperparameters=None,
     attacker_model=None,
     callbacks=None,
+    precompute_teacher_logits: bool = False,
 ) -> "MisleaderEnsembleForImageClassification | MisleaderEnsembleForSequenceClassification":
     """
     Distil `teacher` into an ensemble of heterogeneous students, each trained against its own simulated attacker.
@@ -95,6 +99,9 @@ def defend(
             for text by default.
         callbacks (`list`, *optional*):
             Extra [`~transformers.TrainerCallback`]s for every member's training.
+        precompute_teacher_logits (`bool`, *optional*, defaults to `False`):
+            Run the teacher once over `train_dataset` and reuse its logits, instead of a teacher forward at every
+            step of every member. Worth it for a large teacher (e.g. a pretrained transformer) on the CPU.
 
     Returns:
         [`MisleaderEnsembleForImageClassification`] or [`MisleaderEnsembleForSequenceClassification`]: the served
@@ -135,6 +142,9 @@ def defend(
     member_configs = [resolve(member) for member in members]
     attacker_config = resolve(attacker_model)
 
+    if precompute_teacher_logits:
+        train_dataset = with_teacher_logits(teacher, train_dataset, args.per_device_eval_batch_size)
+
     students, records = [], []
     for index, (member, member_config, hyper) in enumerate(zip(members, member_configs, member_hyperparameters)):
         name = member_name(member)
@@ -172,3 +182,20 @@ def defend(
     for slot, student in zip(ensemble.members, students):
         slot.load_state_dict(student.state_dict())
     return ensemble.eval()
+
+
+@torch.no_grad()
+def with_teacher_logits(teacher, dataset: Dataset, batch_size: int = 64) -> Dataset:
+    """`dataset` plus a `teacher_logits` column: the teacher's logits for every row, in eval mode."""
+    teacher.eval()
+    inputs = [name for name in dataset.format["columns"] if name != "label"]
+    device = next(teacher.parameters()).device
+    accepted = accepted_inputs(teacher)
+    logits = []
+    for start in tqdm(range(0, len(dataset), batch_size), desc="teacher logits", leave=False):
+        batch = keep_accepted({name: dataset[start : start + batch_size][name].to(device) for name in inputs}, accepted)
+        logits.append(teacher(**batch).logits.float().cpu())
+    columns = dataset.format["columns"]
+    dataset = dataset.add_column(TEACHER_LOGITS_COLUMN, torch.cat(logits).tolist())
+    dataset.set_format("torch", columns=[*columns, TEACHER_LOGITS_COLUMN])
+    return dataset

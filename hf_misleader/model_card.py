@@ -81,8 +81,9 @@ def build_card_data(results: dict, model_name: str | None = None) -> ModelCardDa
         [`huggingface_hub.ModelCardData`]: card data whose `eval_results` round-trip through the YAML header.
     """
     model_name = model_name or results.get("model_name") or f"{results['teacher']['name']}-misleader"
+    task = results.get("pipeline_tag", "image-classification")
     common = {
-        "task_type": "image-classification",
+        "task_type": task,
         "dataset_type": _dataset_type(results),
         "dataset_name": results["dataset"],
         "dataset_split": "test",
@@ -113,7 +114,7 @@ def build_card_data(results: dict, model_name: str | None = None) -> ModelCardDa
         )
     return ModelCardData(
         library_name="hf-misleader",
-        pipeline_tag="image-classification",
+        pipeline_tag=task,
         tags=["model-extraction-defense", "misleader", "ensemble"],
         datasets=[results["dataset"]],
         model_name=model_name,

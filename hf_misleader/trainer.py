@@ -16,6 +16,8 @@ from .training_args import MisleaderTrainingArguments
 
 ATTACKER_WEIGHTS_NAME = "attacker.safetensors"
 ATTACKER_STATE_NAME = "attacker_state.pt"
+# Optional dataset column with the teacher's logits for each row, computed once (see `defend`).
+TEACHER_LOGITS_COLUMN = "teacher_logits"
 
 
 def accuracy_metric(eval_prediction) -> dict:
@@ -91,15 +93,24 @@ class MisleaderTrainer(Trainer):
         self._step_metrics = defaultdict(list)
         self._accepted_inputs = {}
 
+    def _set_signature_columns_if_needed(self):
+        super()._set_signature_columns_if_needed()
+        if TEACHER_LOGITS_COLUMN not in self._signature_columns:
+            self._signature_columns = [*self._signature_columns, TEACHER_LOGITS_COLUMN]
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        model_inputs = {name: value for name, value in inputs.items() if name != "labels"}
+        cached_teacher_logits = inputs.get(TEACHER_LOGITS_COLUMN)
+        model_inputs = {name: value for name, value in inputs.items() if name not in ("labels", TEACHER_LOGITS_COLUMN)}
         if not model.training:  # evaluation: the student alone
-            outputs = self._forward(model, inputs)
+            outputs = self._forward(model, {**model_inputs, "labels": inputs["labels"]})
             return (outputs.loss, outputs) if return_outputs else outputs.loss
         args = self.args
         queries = self._attacker_queries(model_inputs)
-        with torch.no_grad():
-            teacher_logits = self._forward(self.teacher, model_inputs).logits
+        if cached_teacher_logits is not None:
+            teacher_logits = cached_teacher_logits
+        else:
+            with torch.no_grad():
+                teacher_logits = self._forward(self.teacher, model_inputs).logits
         outputs = self._forward(model, model_inputs)
         student_logits = outputs.logits
         student_query_logits = self._student_on_queries(model, queries)

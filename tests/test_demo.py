@@ -14,7 +14,9 @@ from transformers import AutoImageProcessor, AutoModelForImageClassification
 
 from hf_misleader import MisleaderEnsembleForImageClassification
 from hf_misleader.data import load_mnist_5k, prepare_image_dataset, split_for_extraction
-from hf_misleader.demo import QUICK
+from hf_misleader.demo import SETTINGS
+
+QUICK = SETTINGS["image"]["quick"]
 
 FRACTIONS = (
     "teacher_accuracy", "defended_accuracy", "clone_of_teacher_accuracy", "clone_of_defended_accuracy",
@@ -138,3 +140,20 @@ def test_unusable_output_dir_is_a_message_not_a_traceback(tmp_path):
     assert done.returncode != 0
     assert "Traceback" not in done.stderr, done.stderr[-2000:]
     assert str(blocker) in done.stderr
+
+
+@pytest.mark.slow
+def test_text_demo_quick_end_to_end(tmp_path):
+    out = tmp_path / "text"
+    completed = subprocess.run(
+        [sys.executable, "-m", "hf_misleader.cli", "demo", "--task", "text", "--quick", "--no-progress",
+         "--output-dir", str(out)], capture_output=True, text=True, timeout=900,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert results["task"] == "text" and results["pipeline_tag"] == "text-classification"
+    assert len(results["attacks"]) == 8
+    assert all(row["queries"] == results["queries"] for row in results["attacks"])
+    card = ModelCard.load(out / "README.md")
+    assert card.data.pipeline_tag == "text-classification"
+    assert (out / "defended-model" / "tokenizer.json").exists()

@@ -256,3 +256,25 @@ def test_needs_misleader_arguments_and_all_three_models(tmp_path, digits):
     with pytest.raises(ValueError, match="attacker_model"):
         MisleaderTrainer(model=build_member("vit-tiny"), teacher_model=build_member("resnet-tiny"),
                          args=make_args(tmp_path))
+
+
+def test_precomputed_teacher_logits_give_the_same_step(tmp_path, digits):
+    from hf_misleader.defend import with_teacher_logits
+
+    teacher = build_member("convnext-tiny", seed=2)
+    cached = with_teacher_logits(teacher, digits["train"], batch_size=32)
+    with torch.no_grad():
+        expected = teacher(pixel_values=digits["train"][:8]["pixel_values"]).logits
+    assert torch.allclose(cached[:8]["teacher_logits"], expected, atol=1e-5)
+
+    students = []
+    for name, dataset in (("live", digits["train"]), ("cached", cached)):
+        trainer = MisleaderTrainer(
+            model=build_member("resnet-tiny", seed=1).train(), teacher_model=teacher,
+            attacker_model=build_member("resnet-tiny", seed=3), args=make_args(tmp_path / name, max_steps=2),
+            train_dataset=dataset,
+        )
+        trainer.train()
+        students.append(trainer.model.state_dict())
+    for key, value in students[0].items():
+        assert torch.allclose(value.float(), students[1][key].float(), atol=1e-5), key
