@@ -51,6 +51,8 @@ class MisleaderConfig(PretrainedConfig):
                 del kwargs["id2label"]
                 kwargs["num_labels"] = members[0].get("num_labels", 2)
         super().__init__(**kwargs)
+        if self.id2label and not getattr(self, "label2id", None):
+            self.label2id = {label: int(index) for index, label in self.id2label.items()}
         for index, member in enumerate(members):
             if "model_type" not in member:
                 raise ValueError(f"Member {index} of the MisleaderConfig has no `model_type`: {sorted(member)}")

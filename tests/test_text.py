@@ -155,3 +155,50 @@ def test_text_black_box_and_knockoff(snippets, teacher_config):
     assert [entry["queries"] for entry in history] == [20, 40]
     with pytest.raises(ValueError, match="pool of 64"):
         knockoff.run(BlackBoxAPI(victim, output="label"), 65, pool, lambda: clone, labels="label_only")
+
+
+def test_text_ensemble_serves_through_remote_code_without_the_library(tmp_path, tokenizer, teacher_config):
+    """Auto class, stock pipeline and trust_remote_code in a process where hf_misleader cannot be imported."""
+    import json
+    import subprocess
+    import sys
+
+    from transformers import AutoModelForSequenceClassification as Auto
+    from transformers import pipeline
+
+    from hf_misleader import MisleaderConfig
+
+    members = [text_member_config(preset, teacher_config, MAX_LENGTH) for preset in ("bert-tiny", "distilbert-tiny")]
+    torch.manual_seed(0)
+    ensemble = MisleaderEnsembleForSequenceClassification(MisleaderConfig(members=members)).eval()
+    ensemble.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    assert not list((tmp_path / "model").glob("*.bin")) and (tmp_path / "model" / "model.safetensors").exists()
+    assert isinstance(Auto.from_pretrained(tmp_path / "model"), MisleaderEnsembleForSequenceClassification)
+
+    texts = ["A gripping, beautifully acted film.", "Dull and far too long."]
+    encoded = tokenizer(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        expected = torch.softmax(ensemble(**encoded).logits, -1)
+    served = pipeline("text-classification", model=str(tmp_path / "model"), top_k=None)(texts)
+    for row, answers in zip(expected, served):
+        for answer in answers:
+            assert abs(answer["score"] - row[ensemble.config.label2id[answer["label"]]].item()) < 1e-5
+
+    script = (
+        "import sys, json, torch\n"
+        "sys.modules['hf_misleader'] = None\n"
+        "torch.set_num_threads(1)\n"
+        "from transformers import pipeline\n"
+        "classify = pipeline('text-classification', model=sys.argv[1], trust_remote_code=True, top_k=None)\n"
+        "assert type(classify.model).__module__.startswith('transformers_modules')\n"
+        "print(json.dumps(classify(json.loads(sys.argv[2]))))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "model"), json.dumps(texts)],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                          env={**__import__("os").environ, "HF_MODULES_CACHE": str(tmp_path / "modules")})
+    assert done.returncode == 0, done.stderr[-3000:]
+    remote = json.loads(done.stdout.strip().splitlines()[-1])
+    for local_answers, remote_answers in zip(served, remote):
+        assert {a["label"]: round(a["score"], 6) for a in local_answers} == \
+               {a["label"]: round(a["score"], 6) for a in remote_answers}
