@@ -202,3 +202,12 @@ def test_text_ensemble_serves_through_remote_code_without_the_library(tmp_path, 
     for local_answers, remote_answers in zip(served, remote):
         assert {a["label"]: round(a["score"], 6) for a in local_answers} == \
                {a["label"]: round(a["score"], 6) for a in remote_answers}
+
+
+def test_defend_takes_a_teacher_folder(tmp_path, snippets, teacher_config):
+    tiny_text_model(teacher_config, "bert-tiny", seed=0).save_pretrained(tmp_path / "teacher")
+    args = MisleaderTrainingArguments(output_dir=str(tmp_path / "defence"), max_steps=1, per_device_train_batch_size=16,
+                                      report_to="none", use_cpu=True, disable_tqdm=True)
+    ensemble = defend(str(tmp_path / "teacher"), snippets["train"], members=["distilbert-tiny"], args=args)
+    assert isinstance(ensemble, MisleaderEnsembleForSequenceClassification)
+    assert ensemble.config.id2label == {0: "rotten", 1: "fresh"}
