@@ -29,8 +29,12 @@ class BlackBoxAPI:
     def __init__(self, model, output="probabilities", budget=None, batch_size=256):
         if output not in OUTPUT_MODES:
             raise ValueError(f"output must be one of {OUTPUT_MODES}, got {output!r}.")
-        if budget is not None and budget < 0:
-            raise ValueError(f"budget must be >= 0, got {budget}.")
+        if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 0):
+            raise ValueError(f"budget must be a non-negative integer or None, got {budget!r}.")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+        if not callable(getattr(model, "forward", None)):
+            raise TypeError(f"model must be a classifier module, got {type(model).__name__}.")
         self.model = model.eval()
         self._accepted = accepted_inputs(model)
         self.output = output
@@ -72,6 +76,13 @@ class BlackBoxAPI:
         if count == 0:
             raise ValueError("query() takes a non-empty batch of inputs.")
         self._charge(count)
+        try:
+            return self._answer(inputs, count)
+        except Exception:
+            self._charge(-count)  # no answer left the API: nothing to count
+            raise
+
+    def _answer(self, inputs, count):
         device = next(self.model.parameters()).device
         answers = []
         for start in range(0, count, self.batch_size):

@@ -3,8 +3,23 @@
 import argparse
 import sys
 
+from . import __version__
+
+
+def _seed(text: str) -> int:
+    value = int(text)
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"must be an integer in [0, 2**32), got {text}")
+    return value
+
 
 def _demo(arguments):
+    if arguments.no_progress:  # also the data and weight-loading bars, not only training's
+        import datasets
+        import transformers
+
+        datasets.disable_progress_bars()
+        transformers.utils.logging.disable_progress_bar()
     from .demo import run_demo
 
     output_dir = arguments.output_dir or ("outputs/demo" if arguments.task == "image" else "outputs/demo-text")
@@ -14,14 +29,15 @@ def _demo(arguments):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hf-misleader", description="Defend classifiers against model extraction.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser("demo", help="Defend a real classifier end to end and report honestly.")
     demo.add_argument("--task", choices=("image", "text"), default="image",
                       help="image: MNIST digits (default); text: Rotten Tomatoes with a pretrained MiniLM teacher.")
     demo.add_argument("--output-dir", default=None,
                       help="Where to write the model, results and card (default: outputs/demo[-text]).")
-    demo.add_argument("--quick", action="store_true", help="Toy scale (seconds), for tests.")
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--quick", action="store_true", help="Toy scale (a minute or two), for tests.")
+    demo.add_argument("--seed", type=_seed, default=0, help="Seed of the splits, training and attacks.")
     demo.add_argument("--no-progress", action="store_true", help="Hide progress bars.")
     demo.set_defaults(handler=_demo)
     return parser

@@ -43,6 +43,14 @@ class MisleaderConfig(PretrainedConfig):
         objective=None,
         **kwargs,
     ):
+        if isinstance(members, (str, dict)):
+            raise TypeError("members must be a list of member configs (dicts or config objects).")
+        for member in members or []:
+            if not isinstance(member, (dict, PretrainedConfig)):
+                raise TypeError(
+                    f"Each member must be a config dict or a config object, got {member!r}; to build members from "
+                    "preset names use hf_misleader.members.image_member_config / text_member_config."
+                )
         members = [m.to_dict() if isinstance(m, PretrainedConfig) else dict(m) for m in (members or [])]
         if members and "id2label" not in kwargs and "num_labels" not in kwargs:
             # The label space is the members': take it from the first one rather than the 2-label default.

@@ -5,12 +5,11 @@ import os
 
 import numpy as np
 import torch
-from datasets import Dataset
+from datasets import ClassLabel, Dataset
 from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModelForImageClassification, AutoModelForSequenceClassification, PreTrainedModel
 
 from .configuration_misleader import MisleaderConfig
-from .data import num_classes
 from .members import image_member_config, member_name, text_member_config
 from .inputs import accepted_inputs, keep_accepted
 from .modeling_misleader import MisleaderEnsembleForImageClassification, MisleaderEnsembleForSequenceClassification
@@ -59,9 +58,16 @@ def _check_dataset(name, dataset, num_labels, input_column):
             f"{name} needs `{input_column}` and `label` columns, processed like the teacher's inputs (see "
             f"hf_misleader.data.prepare_image_dataset / prepare_text_dataset); it has {dataset.column_names}."
         )
-    classes = num_classes(dataset)
-    if classes != num_labels:
-        raise ValueError(f"The teacher predicts {num_labels} classes but {name} has {classes}.")
+    feature = dataset.features.get("label")
+    if isinstance(feature, ClassLabel):
+        if feature.num_classes != num_labels:
+            raise ValueError(f"The teacher predicts {num_labels} classes but {name} has {feature.num_classes}.")
+        return
+    labels = np.asarray(dataset.with_format("numpy")[:]["label"])  # plain integers: must fall in the label space
+    if labels.min() < 0 or labels.max() >= num_labels:
+        raise ValueError(
+            f"{name} has labels from {labels.min()} to {labels.max()} but the teacher predicts {num_labels} classes."
+        )
 
 
 def defend(
@@ -115,10 +121,12 @@ def defend(
         members = DEFAULT_MEMBERS if modality == "image" else DEFAULT_TEXT_MEMBERS
     if attacker_model is None:
         attacker_model = "resnet-tiny" if modality == "image" else "bert-tiny"
-    if not members:
-        raise ValueError("defend() needs at least one member.")
-    if train_dataset is None:
-        raise ValueError("defend() needs a train_dataset.")
+    if isinstance(members, (str, dict)) or not members:
+        raise ValueError(f"members must be a non-empty list of presets or configs, got {members!r}.")
+    if train_dataset is None or len(train_dataset) == 0:
+        raise ValueError("defend() needs a non-empty train_dataset.")
+    if args is not None and not isinstance(args, MisleaderTrainingArguments):
+        raise TypeError(f"args must be a MisleaderTrainingArguments, got {type(args).__name__}.")
     _check_dataset("train_dataset", train_dataset, num_labels, input_column)
     _check_dataset("eval_dataset", eval_dataset, num_labels, input_column)
     if member_hyperparameters is None:
@@ -142,32 +150,25 @@ def defend(
     member_configs = [resolve(member) for member in members]
     attacker_config = resolve(attacker_model)
 
+    # Every member's arguments are built (and so validated) before the first one trains.
+    member_args = [_member_args(args, index, member_name(m), hyper)
+                   for index, (m, hyper) in enumerate(zip(members, member_hyperparameters))]
+
     if precompute_teacher_logits:
         train_dataset = with_teacher_logits(teacher, train_dataset, args.per_device_eval_batch_size)
 
-    students, records = [], []
-    for index, (member, member_config, hyper) in enumerate(zip(members, member_configs, member_hyperparameters)):
-        name = member_name(member)
-        student = auto_class.from_config(member_config)
-        attacker = auto_class.from_config(attacker_config)
-        member_args = dataclasses.replace(
-            args,
-            output_dir=os.path.join(args.output_dir, f"member-{index}-{name}"),
-            misleader_lambda=hyper["lambda"],
-            temperature=hyper["temperature"],
-            alpha=hyper["alpha"],
-            seed=args.seed + index,
+    # The caller's teacher comes back where it was and as trainable as it was (the trainer moves and freezes it).
+    teacher_device = next(teacher.parameters()).device
+    teacher_trainable = [parameter.requires_grad for parameter in teacher.parameters()]
+    try:
+        students, records = _train_members(
+            teacher, members, member_configs, attacker_config, member_args, member_hyperparameters, auto_class,
+            train_dataset, eval_dataset, callbacks,
         )
-        trainer = MisleaderTrainer(
-            model=student, teacher_model=teacher, attacker_model=attacker, args=member_args,
-            train_dataset=train_dataset, eval_dataset=eval_dataset, callbacks=callbacks,
-        )
-        trainer.train()
-        record = {"name": name, "model_type": student.config.model_type, **hyper}
-        if eval_dataset is not None:
-            record["validation_accuracy"] = trainer.evaluate()["eval_accuracy"]
-        students.append(trainer.model.cpu().eval())
-        records.append(record)
+    finally:
+        teacher.to(teacher_device)
+        for parameter, trainable in zip(teacher.parameters(), teacher_trainable):
+            parameter.requires_grad_(trainable)
 
     config = MisleaderConfig(
         members=[student.config.to_dict() for student in students],
@@ -199,3 +200,32 @@ def with_teacher_logits(teacher, dataset: Dataset, batch_size: int = 64) -> Data
     dataset = dataset.add_column(TEACHER_LOGITS_COLUMN, torch.cat(logits).tolist())
     dataset.set_format("torch", columns=[*columns, TEACHER_LOGITS_COLUMN])
     return dataset
+
+
+def _member_args(args, index, name, hyper):
+    missing = {"lambda", "temperature", "alpha"} - set(hyper)
+    if missing:
+        raise ValueError(f"The hyper-parameters of member {index} ({name}) lack {sorted(missing)}: {hyper}")
+    return dataclasses.replace(
+        args, output_dir=os.path.join(args.output_dir, f"member-{index}-{name}"), misleader_lambda=hyper["lambda"],
+        temperature=hyper["temperature"], alpha=hyper["alpha"], seed=args.seed + index,
+    )
+
+
+def _train_members(teacher, members, member_configs, attacker_config, member_args, member_hyperparameters,
+                   auto_class, train_dataset, eval_dataset, callbacks):
+    students, records = [], []
+    for member, member_config, args, hyper in zip(members, member_configs, member_args, member_hyperparameters):
+        student = auto_class.from_config(member_config)
+        attacker = auto_class.from_config(attacker_config)
+        trainer = MisleaderTrainer(
+            model=student, teacher_model=teacher, attacker_model=attacker, args=args,
+            train_dataset=train_dataset, eval_dataset=eval_dataset, callbacks=callbacks,
+        )
+        trainer.train()
+        record = {"name": member_name(member), "model_type": student.config.model_type, **hyper}
+        if eval_dataset is not None:
+            record["validation_accuracy"] = trainer.evaluate()["eval_accuracy"]
+        students.append(trainer.model.cpu().eval())
+        records.append(record)
+    return students, records

@@ -65,8 +65,8 @@ class DemoSettings:
 _QUICK = dict(teacher_epochs=1, student_epochs=1, budgets=(64, 128), clone_epochs=1, clone_min_steps=5,
               splits={"train": 256, "validation": 64, "attacker_pool": 128, "test": 128})
 _TEXT = dict(
-    task="text", teacher="all-MiniLM-L6-v2", members=DEFAULT_TEXT_MEMBERS, clone="bert-tiny", teacher_epochs=1,
-    teacher_learning_rate=5e-5, student_epochs=4, learning_rate=5e-4, batch_size=32, clone_epochs=10,
+    task="text", teacher="all-MiniLM-L6-v2", members=DEFAULT_TEXT_MEMBERS, clone="bert-tiny", teacher_epochs=3,
+    teacher_learning_rate=8e-5, student_epochs=4, learning_rate=5e-4, batch_size=32, clone_epochs=10,
     splits={"train": 2000, "validation": 300, "attacker_pool": 1500, "test": 1000},
 )
 SETTINGS = {
@@ -99,9 +99,10 @@ def train_teacher(teacher, data, settings, output_dir, seed, progress):
 @torch.no_grad()
 def predict(model, inputs, batch_size=256):
     model.eval()
+    device = next(model.parameters()).device
     inputs = keep_accepted(as_input_dict(inputs), accepted_inputs(model))
-    return torch.cat([model(**select_rows(inputs, slice(i, i + batch_size))).logits.argmax(-1)
-                      for i in range(0, num_rows(inputs), batch_size)])
+    batches = (select_rows(inputs, slice(i, i + batch_size)) for i in range(0, num_rows(inputs), batch_size))
+    return torch.cat([model(**{k: v.to(device) for k, v in b.items()}).logits.argmax(-1).cpu() for b in batches])
 
 
 def check_pipeline(task, model_dir, model, raw_inputs, inputs):

@@ -1,5 +1,6 @@
 """Training arguments of the MISLEADER trainer: the stock ones plus the defence's own."""
 
+import math
 from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
@@ -48,6 +49,12 @@ class MisleaderTrainingArguments(TrainingArguments):
 
     def __post_init__(self):
         super().__post_init__()
+        for name in ("misleader_lambda", "temperature", "alpha", "attacker_learning_rate", "augmentation_strength"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value!r}.")
+        if isinstance(self.attacker_steps, bool) or not isinstance(self.attacker_steps, int):
+            raise ValueError(f"attacker_steps must be an integer, got {self.attacker_steps!r}.")
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}.")
         if self.misleader_lambda < 0:

@@ -174,3 +174,15 @@ def test_knockoff_is_reproducible(victim, pool):
             return clone(pixel_values=pool[:8]).logits
 
     assert torch.equal(steal(), steal())
+
+
+def test_a_failed_query_is_not_charged_and_bad_settings_are_refused(victim):
+    api = BlackBoxAPI(victim, budget=10)
+    with pytest.raises(Exception):
+        api.query(torch.zeros(4, 2, IMAGE_SIZE, IMAGE_SIZE))  # wrong channel count: the model cannot answer
+    assert api.queries_used == 0
+    for bad in ({"batch_size": 0}, {"budget": 2.5}, {"budget": "100"}):
+        with pytest.raises(ValueError):
+            BlackBoxAPI(victim, **bad)
+    with pytest.raises(TypeError, match="build_clone"):
+        knockoff.run(BlackBoxAPI(victim), 4, torch.zeros(8, 3, IMAGE_SIZE, IMAGE_SIZE), victim)

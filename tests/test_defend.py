@@ -169,3 +169,48 @@ def test_defended_round_trip(defended, tmp_path, digits):
     pixel_values = digits["validation"][:8]["pixel_values"]
     with torch.no_grad():
         assert torch.equal(loaded(pixel_values=pixel_values).logits, ensemble(pixel_values=pixel_values).logits)
+
+
+def test_defend_gives_the_teacher_back_trainable(defended):
+    # The trainer freezes the teacher while it distils it; the caller's model is handed back as it came.
+    assert all(parameter.requires_grad for parameter in defended["teacher"].parameters())
+
+
+@pytest.mark.parametrize(
+    "hyper, message",
+    [({"lambda": 0.01}, "temperature"), ({"lambda": 0.01, "temperature": 2.0, "alpha": 2.0}, "alpha")],
+    ids=["missing-key", "bad-value"],
+)
+def test_bad_member_hyperparameters_fail_before_any_training(tmp_path, digits, hyper, message):
+    recorder = RecordTraining()
+    good = {"lambda": 0.01, "temperature": 2.0, "alpha": 0.5}
+    with pytest.raises(ValueError, match=message):
+        defend(build_member("resnet-tiny"), digits["train"], members=["resnet-tiny", "convnext-tiny"],
+               member_hyperparameters=[good, hyper], args=tiny_args(tmp_path), callbacks=[recorder])
+    assert recorder.started == 0
+
+
+def test_members_as_a_bare_string_and_stock_arguments_are_refused(tmp_path, digits):
+    from transformers import TrainingArguments
+
+    with pytest.raises(ValueError, match="list"):
+        defend(build_member("resnet-tiny"), digits["train"], members="resnet-tiny", args=tiny_args(tmp_path))
+    with pytest.raises(TypeError, match="MisleaderTrainingArguments"):
+        defend(build_member("resnet-tiny"), digits["train"], members=["resnet-tiny"],
+               args=TrainingArguments(output_dir=str(tmp_path), report_to="none"))
+    with pytest.raises(ValueError, match="non-empty"):
+        defend(build_member("resnet-tiny"), digits["train"].select([]), members=["resnet-tiny"], args=tiny_args(tmp_path))
+
+
+def test_plain_integer_labels_need_only_fall_in_the_label_space(tmp_path, digits):
+    from datasets import Value
+
+    plain = digits["train"].cast_column("label", Value("int64"))
+    subset = plain.filter(lambda row: row["label"] < 9)  # no 9s: still a valid 10-class problem
+    subset.set_format("torch", columns=["pixel_values", "label"])
+    ensemble = defend(build_member("resnet-tiny"), subset, members=["resnet-tiny"], args=tiny_args(tmp_path, max_steps=1))
+    assert ensemble.config.num_labels == 10
+    beyond = plain.map(lambda row: {"label": row["label"] + 5})
+    beyond.set_format("torch", columns=["pixel_values", "label"])
+    with pytest.raises(ValueError, match="labels from"):
+        defend(build_member("resnet-tiny"), beyond, members=["resnet-tiny"], args=tiny_args(tmp_path))

@@ -319,3 +319,10 @@ def test_sequence_ensemble_round_trip(tmp_path, text_inputs):
     assert after.member_logits is None
     assert before.logits.shape == (4, TEXT_LABELS)
     assert math.isfinite(after.loss.item())
+
+
+def test_config_refuses_preset_names_with_a_pointer():
+    with pytest.raises(TypeError, match="image_member_config"):
+        MisleaderConfig(members=["resnet-tiny"])
+    with pytest.raises(TypeError, match="list"):
+        MisleaderConfig(members="resnet-tiny")

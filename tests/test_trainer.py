@@ -278,3 +278,13 @@ def test_precomputed_teacher_logits_give_the_same_step(tmp_path, digits):
         students.append(trainer.model.state_dict())
     for key, value in students[0].items():
         assert torch.allclose(value.float(), students[1][key].float(), atol=1e-5), key
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{"misleader_lambda": float("nan")}, {"temperature": float("inf")}, {"attacker_steps": 1.5}, {"alpha": "0.5"}],
+    ids=["nan-lambda", "inf-temperature", "fractional-steps", "string-alpha"],
+)
+def test_arguments_refuse_non_numbers(tmp_path, overrides):
+    with pytest.raises(ValueError, match=next(iter(overrides))):
+        make_args(tmp_path, **overrides)

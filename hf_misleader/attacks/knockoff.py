@@ -69,8 +69,10 @@ def run(api: BlackBoxAPI, budget: int, pool: torch.Tensor, build_clone, labels="
     expected_output = "probabilities" if labels == "soft" else "label"
     if api.output != expected_output:
         raise ValueError(f"A {labels!r} attack needs an API with output={expected_output!r}, got {api.output!r}.")
-    if budget < 1:
-        raise ValueError(f"budget must be >= 1, got {budget}.")
+    if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
+        raise ValueError(f"budget must be a positive integer, got {budget!r}.")
+    if not callable(build_clone) or isinstance(build_clone, torch.nn.Module):
+        raise TypeError("build_clone must be a function returning a fresh clone model, not a model.")
     pool = as_input_dict(pool)
     pool_size = num_rows(pool)
     if budget > pool_size:
