@@ -105,12 +105,17 @@ def predict(model, inputs, batch_size=256):
     return torch.cat([model(**{k: v.to(device) for k, v in b.items()}).logits.argmax(-1).cpu() for b in batches])
 
 
-def check_pipeline(task, model_dir, model, raw_inputs, inputs):
+def check_pipeline(task, model_dir, model, raw_inputs, processor):
     """Reload the saved model through the stock pipeline and check it serves the ensemble's probabilities."""
     classify = pipeline(f"{task}-classification", model=str(model_dir), device="cpu")
     served = classify(raw_inputs, top_k=model.config.num_labels)
+    # Encode as the pipeline does (RGB images; whole texts, not the training split's fixed-length truncation).
+    if task == "image":
+        encoded = processor(images=[image.convert("RGB") for image in raw_inputs], return_tensors="pt")
+    else:
+        encoded = processor(raw_inputs, padding=True, return_tensors="pt")
     with torch.no_grad():
-        expected = torch.softmax(model(**as_input_dict(inputs)).logits, -1)
+        expected = torch.softmax(model(**encoded).logits, -1)
     label2id = {label: int(i) for label, i in model.config.label2id.items()}
     gap = max(abs(row["score"] - expected[n, label2id[row["label"]]].item()) for n, rows in enumerate(served) for row in rows)
     if gap > 1e-4:
@@ -274,7 +279,7 @@ def run_demo(output_dir="outputs/demo", quick=False, seed=0, progress=True, task
     setup["processor"].save_pretrained(model_dir)
     auto_class = AutoModelForImageClassification if task == "image" else AutoModelForSequenceClassification
     defended = auto_class.from_pretrained(model_dir).eval()  # serve what was saved
-    check_pipeline(task, model_dir, defended, setup["raw_inputs"], select_rows(_model_inputs(data["test"]), slice(0, 8)))
+    check_pipeline(task, model_dir, defended, setup["raw_inputs"], setup["processor"])
 
     test_inputs, test_labels = _model_inputs(data["test"]), data["test"][:]["label"]
     teacher_predictions = predict(teacher, test_inputs)
