@@ -75,6 +75,7 @@ def defend(
     train_dataset: Dataset,
     members=None,
     eval_dataset: Dataset = None,
+    attacker_dataset: Dataset = None,
     args: MisleaderTrainingArguments = None,
     member_hyperparameters=None,
     attacker_model=None,
@@ -96,6 +97,9 @@ def defend(
             `("bert-tiny", "distilbert-tiny", "bert-small")` for text; text members use the teacher's tokenizer.
         eval_dataset (`datasets.Dataset`, *optional*):
             Validation data: each member's best epoch is chosen on it (never on the test split).
+        attacker_dataset (`datasets.Dataset`, *optional*):
+            A surrogate pool standing for a thief's own inputs, processed like `train_dataset` (labels unused).
+            When given, each member's attacker-like queries are built from it instead of from the training batch.
         args ([`MisleaderTrainingArguments`], *optional*):
             Shared training arguments; `args.output_dir` gets one sub-folder per member.
         member_hyperparameters (`list[dict]`, *optional*):
@@ -129,6 +133,11 @@ def defend(
         raise TypeError(f"args must be a MisleaderTrainingArguments, got {type(args).__name__}.")
     _check_dataset("train_dataset", train_dataset, num_labels, input_column)
     _check_dataset("eval_dataset", eval_dataset, num_labels, input_column)
+    if attacker_dataset is not None:
+        if not isinstance(attacker_dataset, Dataset) or input_column not in attacker_dataset.column_names:
+            raise ValueError(f"attacker_dataset must be a datasets.Dataset with a `{input_column}` column.")
+        if len(attacker_dataset) < (args.per_device_train_batch_size if args else 8):
+            raise ValueError("attacker_dataset must hold at least one training batch of inputs.")
     if member_hyperparameters is None:
         member_hyperparameters = [DEFAULT_MEMBER_HYPERPARAMETERS[i % 3] for i in range(len(members))]
     if len(member_hyperparameters) != len(members):
@@ -163,7 +172,7 @@ def defend(
     try:
         students, records = _train_members(
             teacher, members, member_configs, attacker_config, member_args, member_hyperparameters, auto_class,
-            train_dataset, eval_dataset, callbacks,
+            train_dataset, eval_dataset, attacker_dataset, callbacks,
         )
     finally:
         teacher.to(teacher_device)
@@ -213,14 +222,15 @@ def _member_args(args, index, name, hyper):
 
 
 def _train_members(teacher, members, member_configs, attacker_config, member_args, member_hyperparameters,
-                   auto_class, train_dataset, eval_dataset, callbacks):
+                   auto_class, train_dataset, eval_dataset, attacker_dataset, callbacks):
     students, records = [], []
     for member, member_config, args, hyper in zip(members, member_configs, member_args, member_hyperparameters):
         student = auto_class.from_config(member_config)
         attacker = auto_class.from_config(attacker_config)
         trainer = MisleaderTrainer(
             model=student, teacher_model=teacher, attacker_model=attacker, args=args,
-            train_dataset=train_dataset, eval_dataset=eval_dataset, callbacks=callbacks,
+            train_dataset=train_dataset, eval_dataset=eval_dataset, attacker_dataset=attacker_dataset,
+            callbacks=callbacks,
         )
         trainer.train()
         record = {"name": member_name(member), "model_type": student.config.model_type, **hyper}

@@ -59,11 +59,15 @@ class MisleaderTrainer(Trainer):
             The stock training arguments plus the defence's hyper-parameters.
         compute_metrics (`Callable`, *optional*, defaults to top-1 accuracy):
             As in [`~transformers.Trainer`].
+        attacker_dataset (`datasets.Dataset`, *optional*):
+            A surrogate pool of unlabelled inputs like a thief's own (processed like the training inputs). When
+            given, attacker-like queries are built from its batches instead of from the training batch.
         **kwargs:
             Passed on to [`~transformers.Trainer`] (`train_dataset`, `eval_dataset`, `callbacks`, ...).
     """
 
-    def __init__(self, model=None, teacher_model=None, attacker_model=None, args=None, compute_metrics=None, **kwargs):
+    def __init__(self, model=None, teacher_model=None, attacker_model=None, args=None, compute_metrics=None,
+                 attacker_dataset=None, **kwargs):
         if not isinstance(args, MisleaderTrainingArguments):
             raise TypeError("MisleaderTrainer needs `args` to be a MisleaderTrainingArguments.")
         if model is None or teacher_model is None or attacker_model is None:
@@ -92,6 +96,8 @@ class MisleaderTrainer(Trainer):
         self.query_generator.manual_seed(args.seed + args.process_index)
         self._step_metrics = defaultdict(list)
         self._accepted_inputs = {}
+        self.attacker_dataset = attacker_dataset
+        self._surrogate_batches = None
 
     def _set_signature_columns_if_needed(self):
         super()._set_signature_columns_if_needed()
@@ -152,8 +158,27 @@ class MisleaderTrainer(Trainer):
             self._accepted_inputs[id(model)] = accepted_inputs(self.accelerator.unwrap_model(model))
         return model(**keep_accepted(inputs, self._accepted_inputs[id(model)]))
 
+    def _surrogate_batch(self, like):
+        """The next batch of the attacker pool (reshuffled at each pass), on the training batch's device."""
+        if self._surrogate_batches is None:
+            self._surrogate_batches = self._cycle_surrogate()
+        batch = next(self._surrogate_batches)
+        return {name: batch[name].to(value.device) for name, value in like.items() if name in batch}
+
+    def _cycle_surrogate(self):
+        generator = torch.Generator().manual_seed(self.args.seed + self.args.process_index)
+        columns = [name for name in self.attacker_dataset.column_names if name not in ("label", "labels")]
+        pool = self.attacker_dataset.with_format("torch", columns=columns)
+        size = self.args.per_device_train_batch_size
+        while True:
+            order = torch.randperm(len(pool), generator=generator).tolist()
+            for start in range(0, len(order) - size + 1, size):
+                yield pool[order[start : start + size]]
+
     def _attacker_queries(self, model_inputs):
         args = self.args
+        if self.attacker_dataset is not None:
+            model_inputs = self._surrogate_batch(model_inputs)
         if "pixel_values" in model_inputs:
             pixel_values = simulate_image_queries(
                 model_inputs["pixel_values"], self.query_generator, policy=args.augmentation,

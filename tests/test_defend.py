@@ -214,3 +214,12 @@ def test_plain_integer_labels_need_only_fall_in_the_label_space(tmp_path, digits
     beyond.set_format("torch", columns=["pixel_values", "label"])
     with pytest.raises(ValueError, match="labels from"):
         defend(build_member("resnet-tiny"), beyond, members=["resnet-tiny"], args=tiny_args(tmp_path))
+
+
+def test_defend_with_a_surrogate_attacker_pool(tmp_path, digits, raw_digits):
+    ensemble = defend(build_member("resnet-tiny"), digits["train"], members=["resnet-tiny"],
+                      attacker_dataset=digits["validation"], args=tiny_args(tmp_path, max_steps=1))
+    assert len(ensemble.members) == 1
+    with pytest.raises(ValueError, match="attacker_dataset"):
+        defend(build_member("resnet-tiny"), digits["train"], members=["resnet-tiny"],
+               attacker_dataset=raw_digits["validation"], args=tiny_args(tmp_path))

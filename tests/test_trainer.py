@@ -288,3 +288,18 @@ def test_precomputed_teacher_logits_give_the_same_step(tmp_path, digits):
 def test_arguments_refuse_non_numbers(tmp_path, overrides):
     with pytest.raises(ValueError, match=next(iter(overrides))):
         make_args(tmp_path, **overrides)
+
+
+def test_attacker_queries_come_from_the_surrogate_pool(tmp_path, digits):
+    pool = digits["validation"]  # stands for a thief's own images
+    trainer = make_trainer(make_args(tmp_path), digits, student="resnet-tiny", attacker_dataset=pool)
+    batch = digits["train"][:8]
+    queries = trainer._attacker_queries({"pixel_values": batch["pixel_values"]})["pixel_values"]
+    assert queries.shape == batch["pixel_values"].shape
+    # Built from pool images: each query lies nearer (mild augmentation) to some pool image than to the batch's.
+    pool_images = pool[:]["pixel_values"].flatten(1)
+    distance_to_pool = torch.cdist(queries.flatten(1), pool_images).min(1).values
+    distance_to_batch = torch.cdist(queries.flatten(1), batch["pixel_values"].flatten(1)).min(1).values
+    assert (distance_to_pool < distance_to_batch).float().mean() > 0.8
+    trainer.train()  # and a step with it runs
+    assert trainer.state.global_step == 1
