@@ -80,6 +80,12 @@ class QueryBudget:
             self._used[caller] = used + count
             return self.max_queries - used - count
 
+    def refund(self, caller: str, count: int) -> None:
+        """Give back `count` queries charged to `caller` whose inputs could not be answered."""
+        self._check_caller(caller)
+        with self._lock:
+            self._used[caller] = max(0, self._used[caller] - count)
+
     def used(self, caller: str) -> int:
         """The queries charged to `caller` so far."""
         self._check_caller(caller)
@@ -178,7 +184,7 @@ class OutputHardeningMixin:
             # Lazily: each input is checked and charged when the pipeline pulls it, before it is answered. In the
             # main process (a DataLoader worker would charge a copy of the budget).
             kwargs["num_workers"] = 0
-            return self._charged_stream(inputs, caller)
+            return self._charged_stream(inputs, caller), 0  # charged one by one as they are answered
         if isinstance(inputs, list):
             if not inputs:
                 raise ValueError("The pipeline got an empty list: pass at least one input.")
@@ -194,7 +200,17 @@ class OutputHardeningMixin:
             count = 1
         if self.query_budget is not None:
             self.query_budget.charge(caller, count)
-        return inputs
+        return inputs, count
+
+    def _answer_charged(self, answer, inputs, caller, kwargs):
+        """Run the stock call on checked inputs; a call that fails without answering is not charged."""
+        inputs, count = self._guard(inputs, caller, kwargs)
+        try:
+            return answer(inputs)
+        except Exception:
+            if self.query_budget is not None and count:
+                self.query_budget.refund(caller, count)
+            raise
 
     def _charged_stream(self, inputs, caller):
         for index, item in enumerate(inputs):
@@ -246,20 +262,34 @@ class ProtectedImageClassificationPipeline(OutputHardeningMixin, ImageClassifica
     `(C, H, W)` with exactly the model's channel count (an array has no mode to convert from, so a 4-channel or
     2-channel array is refused rather than guessed at). Each answer is a list of `{"label", "score"}` (at most
     `max_top_k` of them), or `[{"label"}]` with `label_only=True`; a list of images gives a list of answers.
+
+    Args:
+        allow_paths_and_urls (`bool`, *optional*, defaults to `False`):
+            Accept strings (file paths, URLs, base64 images) as inputs. Off by default: the protected pipeline faces
+            untrusted callers, and a string makes the server read its own files or fetch a URL on their behalf.
     """
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, allow_paths_and_urls=False, **kwargs):
+        if not isinstance(allow_paths_and_urls, bool):
+            raise ValueError(f"allow_paths_and_urls must be True or False, got {allow_paths_and_urls!r}.")
+        self.allow_paths_and_urls = allow_paths_and_urls
         super().__init__(*args, **kwargs)
         self._channels = _expected_image_channels(self.model.config)
 
     def __call__(self, inputs=None, caller=DEFAULT_CALLER, **kwargs):
         if "images" in kwargs:
             inputs = kwargs.pop("images")
-        inputs = self._guard(inputs, caller, kwargs)
-        return super().__call__(inputs, **kwargs)
+        return self._answer_charged(lambda checked: super(OutputHardeningMixin, self).__call__(checked, **kwargs),
+                                    inputs, caller, kwargs)
 
     def _check_input(self, item, where):
         if isinstance(item, str):
+            if not self.allow_paths_and_urls:
+                raise ValueError(
+                    f"{where} is a string: this protected pipeline takes PIL images or arrays only (a path or URL would "
+                    "make the server read its files or fetch it for the caller). Build it with "
+                    "allow_paths_and_urls=True to accept them from trusted callers."
+                )
             if not item.strip():
                 raise ValueError(f"{where} is an empty string; an image is a PIL image, an array, a path or a URL.")
             return
@@ -335,7 +365,7 @@ class ProtectedTextClassificationPipeline(OutputHardeningMixin, TextClassificati
     `caller`). Output shapes are the stock ones: without `top_k`, one `{"label", "score"}` per input (a single string
     gives `[{...}]`); with `top_k` (an int, or `None` for all classes), a list of at most `max_top_k` entries per
     input. With `label_only=True` each entry is `{"label"}` and an answer has only the top-1 label. A text longer
-    than the model's positions is refused with a `ValueError`, after it was charged (build the pipeline with
+    than the model's positions is refused with a `ValueError` and not charged (build the pipeline with
     `truncation=True` to cut long texts instead).
     """
 
@@ -350,10 +380,11 @@ class ProtectedTextClassificationPipeline(OutputHardeningMixin, TextClassificati
         self._max_tokens = min(limits) if limits else None
 
     def __call__(self, inputs=None, caller=DEFAULT_CALLER, **kwargs):
-        inputs = self._guard(inputs, caller, kwargs)
         # The stock rule, also honouring a `top_k` given at construction (stock wraps those answers twice).
         legacy = "top_k" not in kwargs and "top_k" not in self._postprocess_params
-        result = super(TextClassificationPipeline, self).__call__(inputs, **kwargs)
+        result = self._answer_charged(
+            lambda checked: super(TextClassificationPipeline, self).__call__(checked, **kwargs), inputs, caller, kwargs
+        )
         return [result] if isinstance(inputs, str) and legacy else result
 
     def _check_input(self, item, where):

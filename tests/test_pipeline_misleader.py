@@ -280,8 +280,9 @@ def test_image_budget_is_exact_under_concurrent_calls(image_model, images):
 def test_image_bad_inputs_raise_clear_errors_before_charging(image_model, images):
     classify = protected_image(image_model, query_budget=100)
     cases = [
-        ("", "empty string"),
-        ("   ", "empty string"),
+        ("", "is a string"),
+        ("/etc/passwd", "is a string"),
+        ("http://127.0.0.1:1/x.png", "is a string"),
         ([], "empty list"),
         (3, "is of type int"),
         ([images[0], {"image": 1}], "Input 1 is of type dict"),
@@ -297,6 +298,19 @@ def test_image_bad_inputs_raise_clear_errors_before_charging(image_model, images
         with pytest.raises(ValueError, match=message):
             classify(bad, caller="mallory")
     assert classify.query_budget.used("mallory") == 0
+
+
+def test_trusted_paths_and_failed_inputs_are_not_charged(image_model, images, tmp_path):
+    classify = protected_image(image_model, query_budget=3, allow_paths_and_urls=True)
+    images[0].save(tmp_path / "digit.png")
+    assert len(classify(str(tmp_path / "digit.png"), caller="trusted")) == 1
+    with pytest.raises(ValueError, match="empty string"):
+        classify("  ", caller="trusted")
+    with pytest.raises(Exception):
+        classify([images[0], str(tmp_path / "missing.png")], caller="trusted")  # fails inside the stock pipeline
+    assert classify.query_budget.used("trusted") == 1  # only the answered image
+    with pytest.raises(ValueError, match="allow_paths_and_urls"):
+        protected_image(image_model, allow_paths_and_urls="yes")
 
 
 def test_image_accepts_pil_modes_and_matching_arrays(image_model, stock_image, images):
@@ -334,10 +348,11 @@ def test_saved_protected_pipeline_loads_with_trust_remote_code(image_model, tmp_
     script = textwrap.dedent(
         """
         import sys, torch
+        sys.modules["hf_misleader"] = None  # the library cannot be imported here
         torch.set_num_threads(1)
         from transformers import pipeline
-        classify = pipeline(model=sys.argv[1], trust_remote_code=True, device="cpu")
-        assert "hf_misleader" not in sys.modules, "the library was imported"
+        classify = pipeline(model=sys.argv[1], trust_remote_code=True, device="cpu", allow_paths_and_urls=True)
+        assert sys.modules["hf_misleader"] is None, "the library was imported"
         assert type(classify).__module__.startswith("transformers_modules"), type(classify).__module__
         assert classify.task == "protected-image-classification", classify.task
         answer = classify(sys.argv[2], top_k=5)
@@ -407,8 +422,9 @@ def test_text_budget_and_bad_inputs(text_model):
             classify(bad, caller="mallory")
     assert classify.query_budget.used("mallory") == 0
     with pytest.raises(ValueError, match="tokens long; the model takes at most 16"):
-        classify("good " * 30, caller="mallory")  # passes the input checks, so it was charged
-    assert classify(TEXTS[:2], caller="mallory") and classify.query_budget.used("mallory") == 3
+        classify("good " * 30, caller="mallory")  # fails while being answered: given back, not charged
+    assert classify(TEXTS[:2], caller="mallory") and classify.query_budget.used("mallory") == 2
+    classify(TEXTS[0], caller="mallory")  # the last query of the budget of 3
     with pytest.raises(QueryBudgetExceeded, match="'mallory'"):
         classify(TEXTS[0], caller="mallory")
     assert len(classify(TEXTS[:3], caller="alice")) == 3
