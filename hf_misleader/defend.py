@@ -7,6 +7,7 @@ import numpy as np
 import torch
 from datasets import ClassLabel, Dataset
 from tqdm.auto import tqdm
+from transformers.utils import logging as transformers_logging
 from transformers import AutoConfig, AutoModelForImageClassification, AutoModelForSequenceClassification, PreTrainedModel
 
 from .configuration_misleader import MisleaderConfig
@@ -202,7 +203,8 @@ def with_teacher_logits(teacher, dataset: Dataset, batch_size: int = 64) -> Data
     device = next(teacher.parameters()).device
     accepted = accepted_inputs(teacher)
     logits = []
-    for start in tqdm(range(0, len(dataset), batch_size), desc="teacher logits", leave=False):
+    show = transformers_logging.is_progress_bar_enabled()
+    for start in tqdm(range(0, len(dataset), batch_size), desc="teacher logits", leave=False, disable=not show):
         batch = keep_accepted({name: dataset[start : start + batch_size][name].to(device) for name in inputs}, accepted)
         logits.append(teacher(**batch).logits.float().cpu())
     columns = dataset.format["columns"]

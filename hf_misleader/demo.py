@@ -177,7 +177,8 @@ def summarise(rows, teacher_accuracy, defended_accuracy):
 
 
 def format_table(results) -> str:
-    lines = [
+    lines = ["QUICK MODE: toy sizes to check the plumbing; these figures mean nothing.", ""] if results["quick"] else []
+    lines += [
         f"teacher test accuracy   {results['teacher_accuracy']:.1%}",
         f"defended test accuracy  {results['defended_accuracy']:.1%}  "
         f"({100 * (results['defended_accuracy'] - results['teacher_accuracy']):+.1f} points)",
@@ -319,6 +320,7 @@ def run_demo(output_dir="outputs/demo", quick=False, seed=0, progress=True, task
     shutil.copy(output_dir / "extraction.png", model_dir / "extraction.png")
     write_model_card(results, model_dir, model_id=str(model_dir))
     shutil.copy(model_dir / "README.md", output_dir / "README.md")
+    shutil.rmtree(work_dir, ignore_errors=True)  # checkpoints (hundreds of MB for text) are only needed mid-run
     print()
     print(format_table(results))
     print(f"\nwrote {output_dir}/ in {results['seconds']:.0f} s")
