@@ -10,7 +10,6 @@ from tqdm.auto import tqdm
 from transformers.utils import logging as transformers_logging
 from transformers import AutoConfig, AutoModelForImageClassification, AutoModelForSequenceClassification, PreTrainedModel
 
-from .configuration_misleader import MisleaderConfig
 from .members import image_member_config, member_name, text_member_config
 from .inputs import accepted_inputs, keep_accepted
 from .modeling_misleader import MisleaderEnsembleForImageClassification, MisleaderEnsembleForSequenceClassification
@@ -180,8 +179,8 @@ def defend(
         for parameter, trainable in zip(teacher.parameters(), teacher_trainable):
             parameter.requires_grad_(trainable)
 
-    config = MisleaderConfig(
-        members=[student.config.to_dict() for student in students],
+    return ensemble_class.from_members(
+        students,
         member_names=[record["name"] for record in records],
         member_hyperparameters=records,
         teacher_name_or_path=getattr(teacher, "name_or_path", None) or None,
@@ -189,10 +188,6 @@ def defend(
         id2label=id2label,
         label2id={label: index for index, label in id2label.items()},
     )
-    ensemble = ensemble_class(config)
-    for slot, student in zip(ensemble.members, students):
-        slot.load_state_dict(student.state_dict())
-    return ensemble.eval()
 
 
 @torch.no_grad()

@@ -6,7 +6,6 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from datasets import Dataset
 from transformers import (

@@ -94,24 +94,11 @@ def build_card_data(results: dict, model_name: str | None = None) -> ModelCardDa
             continue
         what = f"{attack['pool']}, {attack['labels']}, {attack['queries']} queries"
         args = {key: attack[key] for key in ("victim", "pool", "labels", "queries")}
-        eval_results.append(
-            EvalResult(
-                metric_type="clone_accuracy",
-                metric_name=f"clone accuracy ({what})",
-                metric_value=attack["clone_accuracy"],
-                metric_args=args,
-                **common,
+        for metric, name in (("clone_accuracy", "clone accuracy"), ("clone_agreement", "clone agreement with the teacher")):
+            eval_results.append(
+                EvalResult(metric_type=metric, metric_name=f"{name} ({what})", metric_value=attack[metric],
+                           metric_args=args, **common)
             )
-        )
-        eval_results.append(
-            EvalResult(
-                metric_type="clone_agreement",
-                metric_name=f"clone agreement with the teacher ({what})",
-                metric_value=attack["clone_agreement"],
-                metric_args=args,
-                **common,
-            )
-        )
     return ModelCardData(
         library_name="hf-misleader",
         pipeline_tag=task,

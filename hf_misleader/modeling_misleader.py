@@ -54,6 +54,22 @@ class MisleaderPreTrainedModel(PreTrainedModel):
     def _init_weights(self, module):
         pass
 
+    @classmethod
+    def from_members(cls, members, **config_kwargs):
+        """
+        An ensemble holding copies of trained `members` (each a classifier with its own config).
+
+        Args:
+            members (`list[PreTrainedModel]`):
+                The trained members; their configs become the ensemble's `members`.
+            **config_kwargs:
+                Further [`MisleaderConfig`] fields (`member_names`, `id2label`, ...).
+        """
+        ensemble = cls(MisleaderConfig(members=[member.config.to_dict() for member in members], **config_kwargs))
+        for slot, member in zip(ensemble.members, members):
+            slot.load_state_dict(member.state_dict())
+        return ensemble.eval()
+
     def _build_members(self, config: MisleaderConfig, auto_class) -> nn.ModuleList:
         if not config.members:
             raise ValueError("A MisleaderConfig needs at least one member.")

@@ -41,16 +41,11 @@ COMBINATION_IDS = ["+".join(combo) for combo in COMBINATIONS]
 def make_ensemble(presets, seed=0):
     """Members built on their own, then copied into an ensemble built from their configs alone."""
     members = [build_member(preset, seed=seed + index) for index, preset in enumerate(presets)]
-    config = MisleaderConfig(
-        members=[member.config.to_dict() for member in members],
-        member_names=list(presets),
-        id2label=ID2LABEL,
+    ensemble = MisleaderEnsembleForImageClassification.from_members(
+        members, member_names=list(presets), id2label=ID2LABEL,
         label2id={label: index for index, label in ID2LABEL.items()},
     )
-    ensemble = MisleaderEnsembleForImageClassification(config)
-    for slot, member in zip(ensemble.members, members):
-        slot.load_state_dict(member.state_dict())
-    return ensemble.eval(), members
+    return ensemble, members
 
 
 @pytest.fixture(scope="module")
@@ -263,12 +258,10 @@ def text_members():
 
 def text_ensemble():
     members = text_members()
-    config = MisleaderConfig(members=[m.config.to_dict() for m in members], member_names=["bert", "distilbert"],
-                             num_labels=TEXT_LABELS)
-    ensemble = MisleaderEnsembleForSequenceClassification(config)
-    for slot, member in zip(ensemble.members, members):
-        slot.load_state_dict(member.state_dict())
-    return ensemble.eval(), members
+    ensemble = MisleaderEnsembleForSequenceClassification.from_members(
+        members, member_names=["bert", "distilbert"], num_labels=TEXT_LABELS
+    )
+    return ensemble, members
 
 
 @pytest.fixture(scope="module")
