@@ -6,6 +6,8 @@ downstream accepts any image classification `Dataset` with those two columns.
 
 import gzip
 import importlib.metadata
+import os
+import re
 
 import numpy as np
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, Value
@@ -56,6 +58,42 @@ def load_sklearn_digits(image_size: int = 28) -> Dataset:
         [np.asarray(PILImage.fromarray(im, mode="L").resize((image_size, image_size), PILImage.BILINEAR)) for im in small]
     )
     return _digits_dataset(images, digits.target.astype(np.int64))
+
+
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+FASHION_MNIST_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+
+
+def _read_idx(path) -> np.ndarray:
+    # IDX: 2 zero bytes, a dtype byte (0x08 = uint8), the number of dimensions, big-endian int32 sizes, the data.
+    with gzip.open(path, "rb") as handle:
+        raw = handle.read()
+    if raw[:2] != b"\x00\x00" or raw[2] != 0x08:
+        raise ValueError(f"{path} is not an IDX file of unsigned bytes.")
+    dims = raw[3]
+    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(dims))
+    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * dims).reshape(shape)
+
+
+def load_fashion_mnist(split: str = "train", directory: str = FASHION_MNIST_DIR) -> Dataset:
+    """
+    Fashion-MNIST (28x28 grayscale, 10 classes; 60,000 train / 10,000 test) from the Debian package
+    `dataset-fashion-mnist` (`apt-get install dataset-fashion-mnist`), in file order.
+    """
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}.")
+    prefix = "train" if split == "train" else "t10k"
+    image_path = os.path.join(directory, f"{prefix}-images-idx3-ubyte.gz")
+    label_path = os.path.join(directory, f"{prefix}-labels-idx1-ubyte.gz")
+    if not os.path.isfile(image_path) or not os.path.isfile(label_path):
+        raise FileNotFoundError(
+            f"Fashion-MNIST is not in {directory}: install it with `apt-get install dataset-fashion-mnist` "
+            "(Debian/Ubuntu), or load `fashion_mnist` from the Hub."
+        )
+    images, labels = _read_idx(image_path), _read_idx(label_path).astype(np.int64)
+    features = Features({"image": Image(), "label": ClassLabel(names=FASHION_MNIST_NAMES)})
+    pil_images = [PILImage.fromarray(image, mode="L") for image in images]
+    return Dataset.from_dict({"image": pil_images, "label": labels.tolist()}, features=features)
 
 
 def split_for_extraction(dataset: Dataset, sizes: dict, seed: int = 0) -> DatasetDict:
@@ -161,3 +199,33 @@ def prepare_text_dataset(dataset: Dataset, tokenizer, max_length: int = 64, text
     columns = [name for name in ("input_ids", "attention_mask", "token_type_ids") if name in processed.column_names]
     processed.set_format("torch", columns=columns + ["label"])
     return processed
+
+
+FORTUNES_DIR = "/usr/share/games/fortunes"
+
+
+def load_fortunes(directory: str = FORTUNES_DIR, min_words: int = 3, max_words: int = 80) -> Dataset:
+    """
+    Natural English sentences from the Debian package `fortunes` (`apt-get install fortunes`): one row per
+    quotation (`text`, `topic`), whitespace collapsed, attributions kept. A WIKI-style surrogate pool for
+    text thieves: real language, unrelated to the victim's task.
+    """
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(
+            f"The fortunes corpus is not in {directory}: install it with `apt-get install fortunes` (Debian/Ubuntu)."
+        )
+    texts, topics = [], []
+    for topic in sorted(os.listdir(directory)):
+        path = os.path.join(directory, topic)
+        # The topic files themselves: skip the .dat indexes, the .u8 links and anything not a regular file.
+        if "." in topic or os.path.islink(path) or not os.path.isfile(path):
+            continue
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            for quote in handle.read().split("\n%\n"):
+                text = re.sub(r"\s+", " ", quote.replace("%", " ")).strip()
+                if min_words <= len(text.split()) <= max_words:
+                    texts.append(text)
+                    topics.append(topic)
+    if not texts:
+        raise FileNotFoundError(f"No fortunes found in {directory}.")
+    return Dataset.from_dict({"text": texts, "topic": topics})

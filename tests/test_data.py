@@ -89,3 +89,29 @@ def test_prepare_image_dataset(raw_digits, processor):
     assert (row["pixel_values"][0] == row["pixel_values"][1]).all()
     with pytest.raises(ValueError, match="label"):
         prepare_image_dataset(small.remove_columns("label"), processor)
+
+
+def test_fashion_mnist_is_the_real_idx_data():
+    from hf_misleader.data import FASHION_MNIST_NAMES, load_fashion_mnist
+
+    test = load_fashion_mnist("test")
+    assert test.num_rows == 10_000
+    assert test.features["label"].names == FASHION_MNIST_NAMES
+    assert test[0]["image"].size == (28, 28)
+    assert sorted(set(test["label"])) == list(range(10))
+    with pytest.raises(ValueError, match="split"):
+        load_fashion_mnist("validation")
+    with pytest.raises(FileNotFoundError, match="apt-get install dataset-fashion-mnist"):
+        load_fashion_mnist(directory="/nonexistent")
+
+
+def test_fortunes_are_natural_sentences():
+    from hf_misleader.data import load_fortunes
+
+    fortunes = load_fortunes()
+    assert fortunes.num_rows > 1_000
+    lengths = [len(text.split()) for text in fortunes["text"][:500]]
+    assert min(lengths) >= 3 and max(lengths) <= 80
+    assert not any("\n" in text or "%" in text for text in fortunes["text"][:500])
+    with pytest.raises(FileNotFoundError, match="apt-get install fortunes"):
+        load_fortunes("/nonexistent")
