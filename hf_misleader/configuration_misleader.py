@@ -6,6 +6,8 @@ Shared with the model on the Hub (``trust_remote_code``): imports only transform
 from transformers import PretrainedConfig
 
 AGGREGATIONS = ("mean",)
+# Output transforms the served ensemble may apply to its averaged probabilities, and their parameters.
+OUTPUT_DEFENSE_PARAMETERS = {"reverse_sigmoid": ("beta", "gamma")}
 
 
 class MisleaderConfig(PretrainedConfig):
@@ -29,6 +31,10 @@ class MisleaderConfig(PretrainedConfig):
             Where the defended teacher came from. The teacher itself is never stored in the ensemble.
         objective (`str`, *optional*):
             The training objective the members were trained with (e.g. `"alternating"`).
+        output_defense (`dict`, *optional*):
+            A deterministic, public transform of the averaged probabilities applied by the model itself, so every way
+            of serving it (stock and protected pipelines, any API) answers with it: `{"name": "reverse_sigmoid",
+            "beta": 0.7, "gamma": 0.4}`. The `logits` are then the log of the transformed probabilities.
     """
 
     model_type = "misleader"
@@ -41,6 +47,7 @@ class MisleaderConfig(PretrainedConfig):
         member_hyperparameters=None,
         teacher_name_or_path=None,
         objective=None,
+        output_defense=None,
         **kwargs,
     ):
         if isinstance(members, (str, dict)):
@@ -74,3 +81,23 @@ class MisleaderConfig(PretrainedConfig):
         self.member_hyperparameters = member_hyperparameters
         self.teacher_name_or_path = teacher_name_or_path
         self.objective = objective
+        self.output_defense = _checked_output_defense(output_defense)
+
+
+def _checked_output_defense(output_defense):
+    if output_defense is None:
+        return None
+    if not isinstance(output_defense, dict) or output_defense.get("name") not in OUTPUT_DEFENSE_PARAMETERS:
+        raise ValueError(
+            f"output_defense must be None or a dict whose `name` is one of {sorted(OUTPUT_DEFENSE_PARAMETERS)}, got "
+            f"{output_defense!r}."
+        )
+    allowed = set(OUTPUT_DEFENSE_PARAMETERS[output_defense["name"]])
+    unknown = set(output_defense) - allowed - {"name"}
+    if unknown:
+        raise ValueError(f"Unknown {output_defense['name']} parameters {sorted(unknown)}; it takes {sorted(allowed)}.")
+    for key in allowed & set(output_defense):
+        value = output_defense[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or value == float("inf"):
+            raise ValueError(f"output_defense {key} must be a finite number > 0, got {value!r}.")
+    return dict(output_defense)

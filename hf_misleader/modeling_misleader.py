@@ -45,6 +45,36 @@ def soft_vote(member_logits: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(log_probs, dim=1) - math.log(member_logits.shape[1])
 
 
+def reverse_sigmoid(probabilities: torch.Tensor, beta: float = 0.7, gamma: float = 0.4, eps: float = 1e-6) -> torch.Tensor:
+    """
+    The reverse-sigmoid output perturbation (Lee et al., 2019): `y' = normalise(max(0, y - beta * (sigmoid(gamma *
+    logit(y)) - 1/2)))`, row by row. It is deterministic and public (a thief may know it), squashes confident answers
+    and can change the top-1 class of uncertain ones.
+
+    Rows that the clamp would empty keep their original probabilities, so the output is always a finite
+    distribution.
+    """
+    y = probabilities.float().clamp(eps, 1 - eps)
+    perturbed = (y - beta * (torch.sigmoid(gamma * torch.logit(y)) - 0.5)).clamp_min(0)
+    total = perturbed.sum(-1, keepdim=True)
+    fallback = total <= eps
+    perturbed = torch.where(fallback, y, perturbed)
+    return perturbed / perturbed.sum(-1, keepdim=True)
+
+
+# Deterministic output transforms a served ensemble may apply to its averaged probabilities (`config.output_defense`).
+OUTPUT_DEFENSES = {"reverse_sigmoid": reverse_sigmoid}
+
+
+def apply_output_defense(log_probabilities: torch.Tensor, output_defense) -> torch.Tensor:
+    """The served log-probabilities after `output_defense` (`{"name": ..., **parameters}`, or None for none)."""
+    if not output_defense:
+        return log_probabilities
+    parameters = dict(output_defense)
+    transform = OUTPUT_DEFENSES[parameters.pop("name")]
+    return torch.log(transform(log_probabilities.exp(), **parameters).clamp_min(1e-12))
+
+
 class MisleaderPreTrainedModel(PreTrainedModel):
     config_class = MisleaderConfig
     base_model_prefix = "misleader"
@@ -86,7 +116,7 @@ class MisleaderPreTrainedModel(PreTrainedModel):
         return nn.ModuleList(members)
 
     def _aggregate(self, member_logits, labels, output_member_logits):
-        logits = soft_vote(member_logits)
+        logits = apply_output_defense(soft_vote(member_logits), self.config.output_defense)
         loss = None
         if labels is not None:
             loss = nn.functional.nll_loss(logits, labels.to(logits.device))

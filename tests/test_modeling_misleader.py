@@ -319,3 +319,44 @@ def test_config_refuses_preset_names_with_a_pointer():
         MisleaderConfig(members=["resnet-tiny"])
     with pytest.raises(TypeError, match="list"):
         MisleaderConfig(members="resnet-tiny")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# A served output defence, applied by the model itself
+
+
+def test_output_defense_is_applied_by_the_model_and_survives_a_round_trip(tmp_path, images):
+    from hf_misleader.modeling_misleader import reverse_sigmoid
+
+    ensemble, members = make_ensemble(("resnet-tiny", "vit-tiny"))
+    ensemble.config.output_defense = {"name": "reverse_sigmoid", "beta": 0.7, "gamma": 0.4}
+    with torch.no_grad():
+        averaged = torch.softmax(torch.stack([m(pixel_values=images).logits for m in members], 1), -1).mean(1)
+        served = torch.softmax(ensemble(pixel_values=images).logits, -1)
+    torch.testing.assert_close(served, reverse_sigmoid(averaged, 0.7, 0.4), atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(served, averaged, atol=1e-3)  # the transform did something
+    ensemble.save_pretrained(tmp_path)
+    reloaded = AutoModelForImageClassification.from_pretrained(tmp_path)
+    assert reloaded.config.output_defense == {"name": "reverse_sigmoid", "beta": 0.7, "gamma": 0.4}
+    with torch.no_grad():
+        torch.testing.assert_close(torch.softmax(reloaded(pixel_values=images).logits, -1), served)
+
+
+@pytest.mark.parametrize(
+    "bad", [{"name": "noise"}, {"name": "reverse_sigmoid", "beta": -1}, {"name": "reverse_sigmoid", "delta": 1},
+            "reverse_sigmoid", {"name": "reverse_sigmoid", "gamma": float("inf")}],
+    ids=["unknown", "negative", "unknown-parameter", "string", "infinite"],
+)
+def test_output_defense_refuses_bad_settings(bad):
+    with pytest.raises(ValueError, match="output_defense|parameters"):
+        MisleaderConfig(members=[build_member("resnet-tiny").config.to_dict()], output_defense=bad)
+
+
+def test_reverse_sigmoid_is_finite_on_extreme_inputs():
+    from hf_misleader.modeling_misleader import reverse_sigmoid
+
+    logits = torch.randn(64, 10, generator=torch.Generator().manual_seed(0)) * 1e4
+    for probabilities in (torch.softmax(logits, -1), torch.full((3, 10), 0.1), torch.eye(10)):
+        out = reverse_sigmoid(probabilities, beta=5.0, gamma=0.4)
+        assert torch.isfinite(out).all() and (out >= 0).all()
+        torch.testing.assert_close(out.sum(-1), torch.ones(len(out)))
