@@ -152,3 +152,25 @@ def text_member_config(member, teacher_config: PretrainedConfig, sequence_length
             f"{needed} tokens long: set max_position_embeddings >= {needed}."
         )
     return config
+
+
+def attacker_config_for(student: PreTrainedModel, preset=None, train_dataset=None) -> PretrainedConfig:
+    """
+    The config of a simulated attacker clone for `student`: `preset` (a preset name or config dict) sized to the
+    student's inputs and label space, or, when `preset` is None, a copy of the student's own architecture.
+
+    Args:
+        student ([`PreTrainedModel`]): the student being defended.
+        preset (`str`, `dict` or [`PretrainedConfig`], *optional*): the attacker's architecture.
+        train_dataset (`datasets.Dataset`, *optional*): training data, to read the image size from.
+    """
+    config = student.config
+    if preset is None:
+        return type(config).from_dict(config.to_dict())
+    if student.main_input_name == "input_ids":
+        return text_member_config(preset, config)
+    image_size = getattr(config, "image_size", None)
+    if train_dataset is not None and "pixel_values" in train_dataset.column_names:
+        image_size = int(train_dataset[0]["pixel_values"].shape[-1])
+    return image_member_config(preset, config.num_labels, dict(config.id2label), getattr(config, "num_channels", 3),
+                               image_size or 28)

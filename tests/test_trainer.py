@@ -11,7 +11,13 @@ from safetensors.torch import load_file
 from hf_misleader import MisleaderTrainer, MisleaderTrainingArguments
 from hf_misleader.augment import simulate_image_queries
 from hf_misleader.members import build_image_member
-from hf_misleader.trainer import ATTACKER_STATE_NAME, ATTACKER_WEIGHTS_NAME
+from hf_misleader.trainer import (
+    ATTACKER_STATE_NAME,
+    ATTACKER_WEIGHTS_NAME,
+    QUERY_STATE_NAME,
+    MisleaderDivergenceError,
+    is_complete_checkpoint,
+)
 
 from .conftest import IMAGE_SIZE, build_member
 
@@ -73,7 +79,8 @@ def test_step_logs_the_defence_metrics(tmp_path, digits):
         assert 0.0 <= entry["attacker_agreement"] <= 1.0
 
 def test_compute_loss_is_the_misleader_objective(tmp_path, digits):
-    """loss = alpha*T^2*KL(teacher/T || student/T) + (1-alpha)*CE - lambda*KL(student(x') || attacker(x'))."""
+    """loss = alpha*T^2*KL(teacher/T || student/T) + (1-alpha)*CE - lambda*KL(student(x') || attacker(x')), against the
+    attacker as it was before the step; then the attacker takes its `attacker_steps` updates."""
     args = make_args(tmp_path, misleader_lambda=0.7, temperature=3.0, alpha=0.4, attacker_steps=2,
                      augmentation="heavy")
     trainer = make_trainer(args, digits, student="vit-tiny", teacher="resnet-tiny", attacker="resnet-tiny")
@@ -96,6 +103,8 @@ def test_compute_loss_is_the_misleader_objective(tmp_path, digits):
         student_logits = student(pixel_values=inputs["pixel_values"]).logits  # a ViT: no batch statistics
         student_query_logits = student.eval()(pixel_values=queries).logits
         student.train()
+    with torch.no_grad():  # the loss plays against the clone as it was before this step's updates
+        attacker_query_logits = attacker(pixel_values=queries).logits
     student_probs = F.softmax(student_query_logits, -1)
     for _ in range(args.attacker_steps):
         attacker_loss = F.kl_div(F.log_softmax(attacker(pixel_values=queries).logits, -1), student_probs,
@@ -103,8 +112,6 @@ def test_compute_loss_is_the_misleader_objective(tmp_path, digits):
         optimizer.zero_grad()
         attacker_loss.backward()
         optimizer.step()
-    with torch.no_grad():
-        attacker_query_logits = attacker(pixel_values=queries).logits
     # The trainer's attacker went through the same updates.
     for mine, theirs in zip(attacker.parameters(), trainer.attacker.parameters()):
         torch.testing.assert_close(mine, theirs)
@@ -158,9 +165,11 @@ def test_checkpoint_holds_the_attacker(tmp_path, digits):
     assert saved.keys() == current.keys()
     assert all(torch.equal(saved[name], current[name]) for name in saved)
     state = torch.load(folder / ATTACKER_STATE_NAME, weights_only=True)
-    assert {"optimizer", "scaler", "query_generator"} <= set(state)
+    assert {"optimizer", "scaler", "attacker_period"} <= set(state)
     assert state["optimizer"]["state"], "the attacker optimizer took no step"
-    assert torch.equal(state["query_generator"], trainer.query_generator.get_state())
+    query_state = torch.load(folder / QUERY_STATE_NAME.format(0), weights_only=True)
+    assert torch.equal(query_state["generator"], trainer.query_generator.get_state())
+    assert is_complete_checkpoint(folder)
     # The student's checkpoint is the student alone (transformers may save ViT under its legacy key names, so
     # compare counts and reload through from_pretrained): no teacher, no attacker weights inside it.
     assert len(load_file(folder / "model.safetensors")) == len(trainer.model.state_dict())
@@ -197,8 +206,10 @@ def test_resume_without_attacker_files_fails(tmp_path, digits):
     first.train()
     os.remove(tmp_path / "checkpoint-1" / ATTACKER_WEIGHTS_NAME)
     second = make_trainer(make_args(tmp_path, max_steps=2), digits)
-    with pytest.raises(FileNotFoundError, match="attacker"):
+    with pytest.raises(ValueError, match="not a complete MISLEADER checkpoint"):
         second.train(resume_from_checkpoint=str(tmp_path / "checkpoint-1"))
+    with pytest.raises(ValueError, match="No complete checkpoint"):
+        second.train(resume_from_checkpoint=True)
 
 def test_evaluate_scores_the_student(tmp_path, digits):
     trainer = make_trainer(make_args(tmp_path), digits)
@@ -253,9 +264,23 @@ def test_needs_misleader_arguments_and_all_three_models(tmp_path, digits):
         MisleaderTrainer(model=build_member("vit-tiny"), teacher_model=build_member("resnet-tiny"),
                          attacker_model=build_member("resnet-tiny"),
                          args=TrainingArguments(output_dir=str(tmp_path), report_to="none"))
-    with pytest.raises(ValueError, match="attacker_model"):
-        MisleaderTrainer(model=build_member("vit-tiny"), teacher_model=build_member("resnet-tiny"),
-                         args=make_args(tmp_path))
+    with pytest.raises(ValueError, match="teacher_model"):
+        MisleaderTrainer(model=build_member("vit-tiny"), args=make_args(tmp_path))
+
+
+def test_attacker_is_built_when_not_given(tmp_path, digits):
+    """By default a fresh model of the student's architecture; with `attacker_model` the named preset."""
+    student = build_member("vit-tiny", seed=1)
+    same = MisleaderTrainer(model=student, teacher_model=build_member("resnet-tiny"), args=make_args(tmp_path),
+                            train_dataset=digits["train"])
+    assert type(same.attacker) is type(student)
+    assert not torch.equal(same.attacker.classifier.weight, student.classifier.weight)  # its own initialisation
+    preset = MisleaderTrainer(model=build_member("vit-tiny"), teacher_model=build_member("resnet-tiny"),
+                              args=make_args(tmp_path, attacker_model="convnext-tiny"), train_dataset=digits["train"])
+    assert preset.attacker.config.model_type == "convnext"
+    assert preset.attacker.config.num_labels == 10
+    preset.train()
+    assert preset.state.global_step == 1
 
 
 def test_precomputed_teacher_logits_give_the_same_step(tmp_path, digits):
