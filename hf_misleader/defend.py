@@ -1,7 +1,9 @@
 """defend(): a teacher and member presets in, a trained MISLEADER ensemble out."""
 
+import copy
 import dataclasses
 import os
+import secrets
 
 import numpy as np
 import torch
@@ -12,6 +14,7 @@ from transformers import AutoConfig, AutoModelForImageClassification, AutoModelF
 
 from .members import image_member_config, member_name, text_member_config
 from .inputs import accepted_inputs, keep_accepted
+from .objectives import derangement
 from .modeling_misleader import MisleaderEnsembleForImageClassification, MisleaderEnsembleForSequenceClassification
 from .trainer import TEACHER_LOGITS_COLUMN, MisleaderTrainer
 from .training_args import MisleaderTrainingArguments
@@ -24,7 +27,8 @@ _MODALITIES = {
     "text": ("input_ids", AutoModelForSequenceClassification, MisleaderEnsembleForSequenceClassification),
 }
 # The reference recipe's per-member (lambda, T, alpha) on CIFAR-10 (ResNet18, MobileNetV2, DenseNet121),
-# used in turn for the members.
+# used in turn for the members. Its lambdas belong to the alternating objective; the other objectives keep T and
+# alpha and take `args.misleader_lambda` (their own default unless set).
 DEFAULT_MEMBER_HYPERPARAMETERS = (
     {"lambda": 0.001, "temperature": 6.0, "alpha": 0.3},
     {"lambda": 0.05, "temperature": 4.0, "alpha": 0.9},
@@ -103,10 +107,11 @@ def defend(
         args ([`MisleaderTrainingArguments`], *optional*):
             Shared training arguments; `args.output_dir` gets one sub-folder per member.
         member_hyperparameters (`list[dict]`, *optional*):
-            Per-member `lambda`, `temperature`, `alpha`; defaults to the reference recipe's, in turn.
+            Per-member `lambda`, `temperature`, `alpha`; defaults to the reference recipe's, in turn (for objectives
+            other than `"alternating"`, its temperatures and alphas with `args.misleader_lambda`).
         attacker_model (`str`, `dict` or config, *optional*):
-            Architecture of each member's simulated attacker clone; `"resnet-tiny"` for images, `"bert-tiny"`
-            for text by default.
+            Architecture of each member's simulated attacker clone (a preset or a config); defaults to
+            `args.attacker_model`, and when that is unset, to each member's own architecture.
         callbacks (`list`, *optional*):
             Extra [`~transformers.TrainerCallback`]s for every member's training.
         precompute_teacher_logits (`bool`, *optional*, defaults to `False`):
@@ -123,8 +128,6 @@ def defend(
     num_labels = teacher.config.num_labels
     if members is None:
         members = DEFAULT_MEMBERS if modality == "image" else DEFAULT_TEXT_MEMBERS
-    if attacker_model is None:
-        attacker_model = "resnet-tiny" if modality == "image" else "bert-tiny"
     if isinstance(members, (str, dict)) or not members:
         raise ValueError(f"members must be a non-empty list of presets or configs, got {members!r}.")
     if train_dataset is None or len(train_dataset) == 0:
@@ -138,11 +141,14 @@ def defend(
             raise ValueError(f"attacker_dataset must be a datasets.Dataset with a `{input_column}` column.")
         if len(attacker_dataset) < (args.per_device_train_batch_size if args else 8):
             raise ValueError("attacker_dataset must hold at least one training batch of inputs.")
+    args = args or MisleaderTrainingArguments(output_dir="misleader-defence", report_to="none")
     if member_hyperparameters is None:
-        member_hyperparameters = [DEFAULT_MEMBER_HYPERPARAMETERS[i % 3] for i in range(len(members))]
+        member_hyperparameters = [dict(DEFAULT_MEMBER_HYPERPARAMETERS[i % 3]) for i in range(len(members))]
+        if args.objective != "alternating":
+            for hyper in member_hyperparameters:
+                hyper["lambda"] = args.misleader_lambda
     if len(member_hyperparameters) != len(members):
         raise ValueError(f"{len(member_hyperparameters)} hyper-parameter sets for {len(members)} members.")
-    args = args or MisleaderTrainingArguments(output_dir="misleader-defence", report_to="none")
     if eval_dataset is not None and args.eval_strategy == "no":
         args = dataclasses.replace(
             args, eval_strategy="epoch", save_strategy="epoch", load_best_model_at_end=True,
@@ -157,7 +163,14 @@ def defend(
     else:
         resolve = lambda member: text_member_config(member, teacher.config, len(first_input))  # noqa: E731
     member_configs = [resolve(member) for member in members]
-    attacker_config = resolve(attacker_model)
+    attacker_model = attacker_model if attacker_model is not None else args.attacker_model
+    attacker_configs = [resolve(attacker_model) if attacker_model is not None else copy.deepcopy(config)
+                        for config in member_configs]
+    # One secret class permutation for the whole ensemble (its members must agree on the lie). It lives only in this
+    # call and in the members' private checkpoints, never in the served model or its card.
+    class_permutation = None
+    if args.objective == "misinformation" and args.misinformation_target == "permutation":
+        class_permutation = derangement(num_labels, torch.Generator().manual_seed(secrets.randbits(63)))
 
     # Every member's arguments are built (and so validated) before the first one trains.
     member_args = [_member_args(args, index, member_name(m), hyper)
@@ -170,10 +183,14 @@ def defend(
     teacher_device = next(teacher.parameters()).device
     teacher_trainable = [parameter.requires_grad for parameter in teacher.parameters()]
     try:
-        students, records = _train_members(
-            teacher, members, member_configs, attacker_config, member_args, member_hyperparameters, auto_class,
-            train_dataset, eval_dataset, attacker_dataset, callbacks,
-        )
+        students, records = [], []
+        for index, member in enumerate(members):
+            student, record = _train_member(
+                teacher, auto_class.from_config(member_configs[index]), auto_class.from_config(attacker_configs[index]),
+                member_args[index], train_dataset, eval_dataset, attacker_dataset, callbacks, class_permutation,
+            )
+            students.append(student)
+            records.append({"name": member_name(member), **record, **member_hyperparameters[index]})
     finally:
         teacher.to(teacher_device)
         for parameter, trainable in zip(teacher.parameters(), teacher_trainable):
@@ -218,21 +235,15 @@ def _member_args(args, index, name, hyper):
     )
 
 
-def _train_members(teacher, members, member_configs, attacker_config, member_args, member_hyperparameters,
-                   auto_class, train_dataset, eval_dataset, attacker_dataset, callbacks):
-    students, records = [], []
-    for member, member_config, args, hyper in zip(members, member_configs, member_args, member_hyperparameters):
-        student = auto_class.from_config(member_config)
-        attacker = auto_class.from_config(attacker_config)
-        trainer = MisleaderTrainer(
-            model=student, teacher_model=teacher, attacker_model=attacker, args=args,
-            train_dataset=train_dataset, eval_dataset=eval_dataset, attacker_dataset=attacker_dataset,
-            callbacks=callbacks,
-        )
-        trainer.train()
-        record = {"name": member_name(member), "model_type": student.config.model_type, **hyper}
-        if eval_dataset is not None:
-            record["validation_accuracy"] = trainer.evaluate()["eval_accuracy"]
-        students.append(trainer.model.cpu().eval())
-        records.append(record)
-    return students, records
+def _train_member(teacher, student, attacker, args, train_dataset, eval_dataset, attacker_dataset, callbacks,
+                  class_permutation):
+    trainer = MisleaderTrainer(
+        model=student, teacher_model=teacher, attacker_model=attacker, args=args, train_dataset=train_dataset,
+        eval_dataset=eval_dataset, attacker_dataset=attacker_dataset, callbacks=callbacks,
+        class_permutation=class_permutation,
+    )
+    trainer.train()
+    record = {"model_type": student.config.model_type}
+    if eval_dataset is not None:
+        record["validation_accuracy"] = trainer.evaluate()["eval_accuracy"]
+    return trainer.model.cpu().eval(), record

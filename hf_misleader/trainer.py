@@ -139,6 +139,10 @@ class MisleaderTrainer(Trainer):
             )
         # compute_loss returns a per-batch mean: let the Trainer divide it for gradient accumulation.
         self.loss_is_scaled_for_ga = False
+        if args.objective == "unrolled" and getattr(attacker_model.config, "_attn_implementation", "eager") != "eager":
+            # The look-ahead differentiates through the attacker's gradient: fused attention kernels have no
+            # second derivative (SDPA on the CPU), the eager one does.
+            attacker_model.set_attn_implementation("eager")
         teacher_model.requires_grad_(False)
         self.teacher = self.accelerator.prepare_model(teacher_model, evaluation_mode=True)
         self.teacher.eval()
@@ -378,7 +382,7 @@ class MisleaderTrainer(Trainer):
             finite = self.accelerator.reduce(finite, reduction="sum") / self.args.world_size
         if finite.item() < 1.0:
             raise MisleaderDivergenceError(
-                f"The student's loss is not finite at step {self.state.global_step} (objective term {term.item():.4g}, "
+                f"The student's loss is not finite after {self.state.global_step} steps (objective term {term.item():.4g}, "
                 f"objective {self.args.objective!r}): the objective term overpowered distillation; lower "
                 f"misleader_lambda (now {self.args.misleader_lambda}) or the learning rate. {self._kept_checkpoint()}"
             )
@@ -399,7 +403,7 @@ class MisleaderTrainer(Trainer):
 
     def _kept_checkpoint(self):
         last = last_complete_checkpoint(self.args.output_dir)
-        return f"The last good checkpoint is kept: {last}." if last else "No checkpoint had been saved yet."
+        return f"The last checkpoint saved before it diverged is kept: {last}." if last else "No checkpoint had been saved yet."
 
     def log(self, logs, start_time=None):
         if "loss" in logs and self._step_metrics:  # a training log: add the defence's own running means
@@ -422,6 +426,13 @@ class MisleaderTrainer(Trainer):
         return super().train(resume_from_checkpoint, *args, **kwargs)
 
     def _save_checkpoint(self, model, trial):
+        # Never save a diverged student as if it were good (its weights are the same on every process).
+        student = self.accelerator.unwrap_model(self.model)
+        if not all(torch.isfinite(parameter).all() for parameter in student.parameters()):
+            raise MisleaderDivergenceError(
+                f"The student's weights are not finite after {self.state.global_step} steps: lower the learning rate "
+                f"or misleader_lambda (now {self.args.misleader_lambda}). {self._kept_checkpoint()}"
+            )
         # The attacker goes in first: the stock Trainer writes trainer_state.json last and only then deletes older
         # checkpoints, so a run killed at any point leaves either a complete new checkpoint or the previous one.
         folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")

@@ -223,3 +223,38 @@ def test_defend_with_a_surrogate_attacker_pool(tmp_path, digits, raw_digits):
     with pytest.raises(ValueError, match="attacker_dataset"):
         defend(build_member("resnet-tiny"), digits["train"], members=["resnet-tiny"],
                attacker_dataset=raw_digits["validation"], args=tiny_args(tmp_path))
+
+
+class RecordPermutation(TrainerCallback):
+    """Reads the secret permutation each member's trainer plays with (through the trainer the model belongs to)."""
+
+    def __init__(self):
+        self.permutations = []
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        import gc
+
+        from hf_misleader import MisleaderTrainer
+
+        trainers = [o for o in gc.get_objects() if isinstance(o, MisleaderTrainer) and o.model is kwargs["model"]]
+        self.permutations.append(trainers[0].class_permutation.clone())
+
+
+@pytest.mark.parametrize("objective", ["unrolled", "misinformation"])
+def test_defend_with_each_objective(tmp_path, digits, objective):
+    recorder = RecordPermutation()
+    defended = defend(build_member("resnet-tiny"), digits["train"], members=["resnet-tiny", "vit-tiny"],
+                      args=tiny_args(tmp_path, objective=objective), callbacks=[recorder] if objective ==
+                      "misinformation" else None)
+    assert defended.config.objective == objective
+    # The other objectives keep the recipe's T and alpha and take their own lambda.
+    assert [m["lambda"] for m in defended.config.member_hyperparameters] == [1.0, 1.0]
+    assert [m["temperature"] for m in defended.config.member_hyperparameters] == [6.0, 4.0]
+    defended.save_pretrained(tmp_path / "saved")
+    for name in os.listdir(tmp_path / "saved"):
+        if name.endswith((".json", ".py")):
+            assert "permutation" not in (tmp_path / "saved" / name).read_text(), name
+    if objective == "misinformation":
+        first, second = recorder.permutations
+        assert torch.equal(first, second)  # the members tell the same lie
+        assert not (first == torch.arange(10)).any()

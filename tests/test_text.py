@@ -110,14 +110,16 @@ def test_text_member_that_cannot_read_the_tokenizer_is_refused(teacher_config):
         text_member_config("gpt-huge", teacher_config)
 
 
-def test_one_text_step_trains_student_and_attacker(tmp_path, snippets, teacher_config):
+@pytest.mark.parametrize("objective", ["alternating", "unrolled", "misinformation"])
+def test_one_text_step_trains_student_and_attacker(tmp_path, snippets, teacher_config, objective):
     teacher = tiny_text_model(teacher_config, "bert-tiny", seed=0)
     student = tiny_text_model(teacher_config, "distilbert-tiny", seed=1).train()  # takes no token_type_ids
     attacker = tiny_text_model(teacher_config, "bert-tiny", seed=2)
     before = {name: {k: v.clone() for k, v in m.state_dict().items()} for name, m in
               (("teacher", teacher), ("student", student), ("attacker", attacker))}
     args = MisleaderTrainingArguments(output_dir=str(tmp_path), max_steps=1, per_device_train_batch_size=16,
-                                      report_to="none", use_cpu=True, disable_tqdm=True, save_strategy="no")
+                                      report_to="none", use_cpu=True, disable_tqdm=True, save_strategy="no",
+                                      objective=objective)
     trainer = MisleaderTrainer(model=student, teacher_model=teacher, attacker_model=attacker, args=args,
                                train_dataset=snippets["train"])
     trainer.train()

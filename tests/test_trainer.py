@@ -1,6 +1,7 @@
 """MisleaderTrainer: one real step on real digits, checkpoints, resume, evaluation, and the argument checks."""
 
 import copy
+import math
 import os
 
 import pytest
@@ -10,6 +11,7 @@ from safetensors.torch import load_file
 
 from hf_misleader import MisleaderTrainer, MisleaderTrainingArguments
 from hf_misleader.augment import simulate_image_queries
+from hf_misleader.objectives import derangement
 from hf_misleader.members import build_image_member
 from hf_misleader.trainer import (
     ATTACKER_STATE_NAME,
@@ -328,3 +330,115 @@ def test_attacker_queries_come_from_the_surrogate_pool(tmp_path, digits):
     assert (distance_to_pool < distance_to_batch).float().mean() > 0.8
     trainer.train()  # and a step with it runs
     assert trainer.state.global_step == 1
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Objectives, precision, divergence guard, early stopping
+
+
+def trained_member(preset, digits, steps=80, seed=0):
+    """A member fitted to the real training digits with a plain loop (a teacher worth defending)."""
+    model = build_member(preset, seed=seed).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    data = digits["train"][:]
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        index = torch.randint(0, len(data["label"]), (32,), generator=generator)
+        loss = F.cross_entropy(model(pixel_values=data["pixel_values"][index]).logits, data["label"][index])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.eval()
+
+
+@pytest.mark.parametrize("objective", ["alternating", "unrolled", "misinformation"])
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_every_objective_trains_and_logs(tmp_path, digits, objective, precision):
+    args = make_args(tmp_path, objective=objective, max_steps=2, logging_strategy="steps", logging_steps=1,
+                     bf16=precision == "bf16")
+    trainer = make_trainer(args, digits, student="resnet-tiny")
+    before = snapshot(trainer.model)
+    trainer.train()
+    logs = [entry for entry in trainer.state.log_history if "loss" in entry]
+    term = {"alternating": "adversarial_kl", "unrolled": "stepped_clone_ce", "misinformation": "misinformation_kl"}
+    for entry in logs:
+        assert math.isfinite(entry["loss"]) and math.isfinite(entry[term[objective]]), entry
+        assert {"distillation_loss", "cross_entropy", "attacker_loss", "attacker_agreement"} <= set(entry)
+    assert changed(before, trainer.model)
+
+
+def test_objective_defaults_are_resolved_per_objective(tmp_path):
+    unrolled = make_args(tmp_path, objective="unrolled")
+    assert (unrolled.misleader_lambda, unrolled.augmentation, unrolled.attacker_optimizer) == (1.0, "heavy", "sgd")
+    assert unrolled.attacker_reset_epochs == 2.0
+    alternating = make_args(tmp_path)
+    assert (alternating.misleader_lambda, alternating.augmentation, alternating.attacker_optimizer) == (0.01, "mild", "adam")
+    mine = make_args(tmp_path, objective="unrolled", misleader_lambda=0.3, augmentation="mild")
+    assert (mine.misleader_lambda, mine.augmentation) == (0.3, "mild")  # what the user sets wins
+
+
+def test_attacker_is_reset_every_few_epochs(tmp_path, digits):
+    # 128 images / 8 = 16 steps an epoch; a reset every 0.25 epoch = every 4 steps.
+    trainer = make_trainer(make_args(tmp_path, objective="unrolled", attacker_reset_epochs=0.25, max_steps=9), digits)
+    seen = []
+    original = trainer._maybe_reset_attacker
+
+    def watch():
+        period = trainer._attacker_period
+        original()
+        if trainer._attacker_period != period:
+            seen.append((trainer.state.global_step, {k: v.clone() for k, v in trainer.attacker.state_dict().items()}))
+
+    trainer._maybe_reset_attacker = watch
+    trainer.train()
+    assert [step for step, _ in seen] == [4, 8]
+    # A fresh initialisation each time, and not a copy of an earlier one.
+    first, second = seen[0][1], seen[1][1]
+    assert not torch.equal(first["classifier.1.weight"], second["classifier.1.weight"])
+
+
+def test_non_finite_loss_stops_training_and_says_why(tmp_path, digits):
+    args = make_args(tmp_path, misleader_lambda=1e4, learning_rate=1e30, max_grad_norm=0.0, max_steps=10,
+                     save_strategy="steps", save_steps=1)
+    trainer = make_trainer(args, digits, student="resnet-tiny")
+    with pytest.raises(MisleaderDivergenceError, match="not finite.*misleader_lambda") as error:
+        trainer.train()
+    assert "checkpoint-" in str(error.value)
+    saved = sorted(name for name in os.listdir(tmp_path) if name.startswith("checkpoint-"))
+    assert saved and all(is_complete_checkpoint(tmp_path / name) for name in saved)
+    assert trainer.state.global_step < 10
+
+
+def test_collapsing_validation_accuracy_stops_training_before_saving(tmp_path, digits):
+    """A student that starts as good as its teacher, then is taught misinformation on the very images it is
+    evaluated on (identity queries, lambda 10): its validation accuracy collapses and training stops."""
+    teacher = trained_member("resnet-tiny", digits)
+    student = copy.deepcopy(teacher).train()
+    args = make_args(tmp_path, objective="misinformation", misleader_lambda=50.0, augmentation="mild",
+                     augmentation_strength=0.0, learning_rate=1e-3, max_steps=40, eval_strategy="steps", eval_steps=1,
+                     save_strategy="steps", save_steps=1, save_total_limit=2)
+    trainer = MisleaderTrainer(model=student, teacher_model=teacher, attacker_model=build_member("resnet-tiny", 3),
+                               args=args, train_dataset=digits["train"], eval_dataset=digits["validation"],
+                               class_permutation=derangement(10, torch.Generator().manual_seed(0)))
+    with pytest.raises(MisleaderDivergenceError, match="collapsed.*misleader_lambda"):
+        trainer.train()
+    evaluations = [entry["eval_accuracy"] for entry in trainer.state.log_history if "eval_accuracy" in entry]
+    best = max(evaluations)
+    assert best > 0.5  # it was a good student first
+    stopped_at = trainer.state.global_step
+    # The collapsed step was evaluated but never saved; every saved checkpoint is complete and was good.
+    saved = sorted(int(name.split("-")[1]) for name in os.listdir(tmp_path) if name.startswith("checkpoint-"))
+    assert saved and max(saved) == stopped_at - 1
+    assert all(is_complete_checkpoint(tmp_path / f"checkpoint-{step}") for step in saved)
+
+
+def test_early_stopping_on_validation(tmp_path, digits):
+    from transformers import EarlyStoppingCallback
+
+    args = make_args(tmp_path, max_steps=40, eval_strategy="steps", eval_steps=1, save_strategy="steps", save_steps=1,
+                     load_best_model_at_end=True, metric_for_best_model="accuracy", save_total_limit=1,
+                     learning_rate=1e-6)  # too small to improve: patience runs out
+    trainer = make_trainer(args, digits, callbacks=[EarlyStoppingCallback(early_stopping_patience=2)])
+    trainer.train()
+    assert trainer.state.global_step < 40
+    assert trainer.state.best_model_checkpoint is not None

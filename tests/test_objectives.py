@@ -1,0 +1,131 @@
+"""The MISLEADER losses on tiny real batches: values, where gradients go, the normalised step, the permutation."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hf_misleader import objectives
+from hf_misleader.inputs import accepted_inputs, keep_accepted
+
+from .conftest import NUM_LABELS, build_member
+from .test_trainer import make_args, make_trainer
+
+
+def forward(module, state, inputs):
+    return objectives.call_with(module, state, keep_accepted(inputs, accepted_inputs(module)))
+
+
+@pytest.fixture()
+def batch(pixel_batch):
+    images, labels = pixel_batch
+    return {"pixel_values": images[:8]}, labels[:8]
+
+
+@pytest.mark.parametrize("attacker_preset", ["resnet-tiny", "convnext-tiny", "vit-tiny"])
+def test_unrolled_step_has_the_stated_norm_and_leaves_the_attacker_alone(batch, attacker_preset):
+    inputs, _ = batch
+    student, attacker = build_member("vit-tiny", seed=1).train(), build_member(attacker_preset, seed=2).train()
+    before = {name: value.clone() for name, value in attacker.state_dict().items()}
+    student_logits = student(**inputs).logits
+    parameters, _ = objectives.unrolled_step(attacker, inputs, student_logits, 0.2, forward)
+    step = torch.cat([(parameters[name] - p).reshape(-1) for name, p in attacker.named_parameters()])
+    assert step.norm().item() == pytest.approx(0.2, rel=1e-4)
+    # The look-ahead changes neither the attacker's weights nor its batch-norm statistics.
+    for name, value in attacker.state_dict().items():
+        assert torch.equal(value, before[name]), name
+
+
+def test_unrolled_term_sends_gradients_to_the_student_only(batch):
+    inputs, labels = batch
+    student, attacker = build_member("vit-tiny", seed=1).train(), build_member("resnet-tiny", seed=2).train()
+    teacher = build_member("convnext-tiny", seed=3)
+    with torch.no_grad():
+        teacher_labels = teacher(**inputs).logits.argmax(-1)
+    queries = {"pixel_values": torch.flip(inputs["pixel_values"], dims=[-1])}
+    stepped = objectives.unrolled_step(attacker, queries, student(**queries).logits, 0.2, forward)
+    term = objectives.unrolled_term(attacker, stepped, inputs, teacher_labels, forward)
+    assert torch.isfinite(term)
+    term.backward()
+    assert all(p.grad is None for p in attacker.parameters())
+    assert all(p.grad is None for p in teacher.parameters())
+    assert sum(p.grad.abs().sum() for p in student.parameters() if p.grad is not None) > 0
+
+
+def test_unrolled_term_is_the_stepped_clones_cross_entropy(batch):
+    inputs, labels = batch
+    student, attacker = build_member("vit-tiny", seed=1), build_member("convnext-tiny", seed=2)
+    student_logits = student(**inputs).logits
+    # By hand: one normalised SGD step of the clone on KL(student || clone), then CE on the real batch.
+    clone = build_member("convnext-tiny", seed=2)
+    imitation = objectives.kl_divergence(student_logits.detach(), clone(**inputs).logits)
+    gradients = torch.autograd.grad(imitation, list(clone.parameters()))
+    norm = torch.sqrt(sum((g**2).sum() for g in gradients))
+    with torch.no_grad():
+        for p, g in zip(clone.parameters(), gradients):
+            p -= 0.3 * g / norm
+        expected = F.cross_entropy(clone(**inputs).logits, labels)
+    stepped = objectives.unrolled_step(attacker, inputs, student_logits, 0.3, forward)
+    torch.testing.assert_close(objectives.unrolled_term(attacker, stepped, inputs, labels, forward), expected,
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_derangement_moves_every_class():
+    seen = set()
+    for seed in range(20):
+        permutation = objectives.derangement(NUM_LABELS, torch.Generator().manual_seed(seed))
+        assert sorted(permutation.tolist()) == list(range(NUM_LABELS))
+        assert not (permutation == torch.arange(NUM_LABELS)).any()
+        seen.add(tuple(permutation.tolist()))
+    assert len(seen) > 15  # seeds give different secrets
+    assert objectives.derangement(2, torch.Generator().manual_seed(0)).tolist() == [1, 0]
+    with pytest.raises(ValueError, match="2 classes"):
+        objectives.derangement(1, torch.Generator())
+
+
+def test_misinformation_term_is_zero_at_the_permuted_teacher(batch):
+    teacher_logits = torch.randn(8, NUM_LABELS, generator=torch.Generator().manual_seed(0)) * 3
+    permutation = objectives.derangement(NUM_LABELS, torch.Generator().manual_seed(1))
+    permuted = torch.empty_like(teacher_logits)
+    permuted[:, permutation] = teacher_logits  # class c's score moves to class permutation[c]
+    assert objectives.misinformation_term(permuted, teacher_logits, permutation).item() == pytest.approx(0, abs=1e-5)
+    assert objectives.misinformation_term(teacher_logits, teacher_logits, permutation).item() > 0.1
+    # The student's answer then names the permuted class.
+    assert torch.equal(permuted.argmax(-1), permutation[teacher_logits.argmax(-1)])
+    # Uniform target: zero for a flat answer.
+    assert objectives.misinformation_term(torch.zeros(8, NUM_LABELS), teacher_logits).item() == pytest.approx(0, abs=1e-6)
+
+
+@pytest.mark.parametrize("objective", ["alternating", "unrolled", "misinformation"])
+def test_student_loss_reaches_only_the_student(tmp_path, digits, objective):
+    trainer = make_trainer(make_args(tmp_path, objective=objective), digits, student="resnet-tiny")
+    batch = digits["train"][:8]
+    loss = trainer.compute_loss(trainer.model.train(), {"pixel_values": batch["pixel_values"], "labels": batch["label"]})
+    assert torch.isfinite(loss)
+    trainer.attacker.zero_grad(set_to_none=True)
+    loss.backward()
+    assert all(p.grad is None for p in trainer.attacker.parameters())
+    assert all(p.grad is None for p in trainer.teacher.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in trainer.model.parameters())
+
+
+def test_misinformation_permutation_is_kept_out_of_the_student(tmp_path, digits):
+    permutation = objectives.derangement(NUM_LABELS, torch.Generator().manual_seed(4))
+    args = make_args(tmp_path, objective="misinformation", save_strategy="steps", save_steps=1)
+    trainer = make_trainer(args, digits, class_permutation=permutation)
+    trainer.train()
+    folder = tmp_path / "checkpoint-1"
+    config_text = (folder / "config.json").read_text()
+    assert "permutation" not in config_text
+    assert "permutation" not in trainer.model.config.to_json_string()
+    # Only the checkpoint's private attacker state keeps it, to resume.
+    state = torch.load(folder / "attacker_state.pt", weights_only=True)
+    assert torch.equal(state["class_permutation"], permutation)
+
+
+@pytest.mark.parametrize(
+    "bad", [torch.arange(NUM_LABELS - 1), torch.zeros(NUM_LABELS, dtype=torch.long), torch.arange(NUM_LABELS).float()],
+    ids=["short", "not-a-permutation", "float"],
+)
+def test_bad_permutation_is_refused(tmp_path, digits, bad):
+    with pytest.raises(ValueError, match="class_permutation"):
+        make_trainer(make_args(tmp_path, objective="misinformation"), digits, class_permutation=bad)
