@@ -121,9 +121,9 @@ def simulate_image_queries(pixel_values: torch.Tensor, generator: torch.Generato
 
 
 TEXT_POLICIES = ("mild", "heavy")
-_TEXT_RATES = {  # per-token corruption rates, and the share of rows replaced by random token sequences
-    "mild": {"drop": 0.1, "swap": 0.1, "replace": 0.1, "random_rows": 0.25},
-    "heavy": {"drop": 0.2, "swap": 0.2, "replace": 0.3, "random_rows": 0.5},
+_TEXT_RATES = {  # per-token corruption rates, the share of rows spliced with another sentence, of random rows
+    "mild": {"drop": 0.1, "swap": 0.1, "replace": 0.1, "splice_rows": 0.0, "random_rows": 0.25},
+    "heavy": {"drop": 0.2, "swap": 0.2, "replace": 0.3, "splice_rows": 0.4, "random_rows": 0.4},
 }
 
 
@@ -134,10 +134,37 @@ def _inner_tokens(input_ids, attention_mask):
     return (positions > 0) & (positions < lengths - 1) & attention_mask.bool()
 
 
+def splice_pairs(input_ids, attention_mask, generator, rows):
+    """
+    Where `rows` (a `(batch,)` bool mask) is set, join the head of each sentence (up to a random cut) to the tail of
+    another sentence of the batch (from a random cut): sentences that mix two real ones, truncated to the length.
+    [CLS] and [SEP] stay where they belong.
+    """
+    count, length = input_ids.shape
+    device = input_ids.device
+    inner = attention_mask.sum(1) - 2  # real tokens between [CLS] and [SEP]
+    partner = torch.randperm(count, generator=generator, device=device)
+    head = (torch.rand(count, generator=generator, device=device) * (inner + 1)).long().clamp(max=inner)
+    start = (torch.rand(count, generator=generator, device=device) * (inner[partner] + 1)).long().clamp(max=inner[partner])
+    total = (head + inner[partner] - start).clamp(max=length - 2)
+    positions = torch.arange(length, device=device).expand(count, length)
+    from_partner = (positions - head.unsqueeze(1) + start.unsqueeze(1)).clamp(0, length - 1)
+    partner_ids = input_ids[partner].gather(1, from_partner)
+    sep = input_ids.gather(1, (attention_mask.sum(1) - 1).clamp(min=0).unsqueeze(1))
+    pad = torch.zeros_like(input_ids)
+    spliced = torch.where(positions <= head.unsqueeze(1), input_ids, partner_ids)
+    spliced = torch.where(positions == (total + 1).unsqueeze(1), sep.expand(count, length), spliced)
+    new_mask = (positions <= (total + 1).unsqueeze(1)).to(attention_mask.dtype)
+    spliced = torch.where(new_mask.bool(), spliced, pad)
+    keep = ~rows.unsqueeze(1) | (inner < 1).unsqueeze(1)  # rows not chosen, and empty sentences, stay as they are
+    return torch.where(keep, input_ids, spliced), torch.where(keep, attention_mask, new_mask)
+
+
 def simulate_text_queries(input_ids, attention_mask, generator, policy="mild", strength=1.0):
     """
-    Attacker-like text queries built from a batch of tokenised training sentences: word dropout, swaps of
-    neighbouring tokens, replacement by other tokens, and whole rows of random tokens (RANDOM-style thieves).
+    Attacker-like text queries built from a batch of tokenised training sentences: splices of two sentences (the
+    head of one, the tail of another), word dropout, swaps of neighbouring tokens, replacement by other tokens, and
+    whole rows of random tokens (RANDOM-style thieves).
 
     Replacement tokens are drawn from the batch's own real tokens, so they are genuine word pieces of the
     teacher's vocabulary and no tokenizer is needed. The first and last real tokens ([CLS], [SEP]) are kept.
@@ -150,7 +177,8 @@ def simulate_text_queries(input_ids, attention_mask, generator, policy="mild", s
         generator (`torch.Generator`):
             Seeded generator on the batch's device.
         policy (`str`, *optional*, defaults to `"mild"`):
-            `"mild"` or `"heavy"` corruption rates.
+            `"mild"`: light token corruption, a quarter of the rows random tokens. `"heavy"`: 40% of the rows spliced
+            with another sentence, heavier corruption on every row, 40% random rows.
         strength (`float`, *optional*, defaults to 1.0):
             Scales every rate (capped at 1).
 
@@ -167,6 +195,8 @@ def simulate_text_queries(input_ids, attention_mask, generator, policy="mild", s
     if not inner.any():
         return input_ids.clone(), attention_mask.clone()
     vocabulary = input_ids[inner]
+    pad = input_ids[~attention_mask.bool()]
+    pad_id = pad[0] if len(pad) else torch.zeros((), dtype=input_ids.dtype, device=device)
 
     def draw(shape):
         return vocabulary[torch.randint(0, len(vocabulary), shape, generator=generator, device=device)]
@@ -174,6 +204,11 @@ def simulate_text_queries(input_ids, attention_mask, generator, policy="mild", s
     def chance(rate, shape):
         return torch.rand(shape, generator=generator, device=device) < rate
 
+    if rates["splice_rows"] > 0:
+        input_ids, attention_mask = splice_pairs(input_ids, attention_mask, generator,
+                                                 chance(rates["splice_rows"], (rows,)))
+        input_ids = torch.where(attention_mask.bool(), input_ids, pad_id)
+        inner = _inner_tokens(input_ids, attention_mask)
     ids = input_ids.clone()
     random_rows = chance(rates["random_rows"], (rows, 1))
     ids = torch.where(inner & (random_rows | chance(rates["replace"], ids.shape)), draw(ids.shape), ids)
@@ -190,6 +225,4 @@ def simulate_text_queries(input_ids, attention_mask, generator, policy="mild", s
     order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)
     ids = torch.where(keep, ids, torch.zeros_like(ids)).gather(1, order)
     new_mask = keep.gather(1, order).to(attention_mask.dtype)
-    pad = input_ids[~attention_mask.bool()]
-    pad_id = pad[0] if len(pad) else torch.zeros((), dtype=ids.dtype, device=device)
     return torch.where(new_mask.bool(), ids, pad_id), new_mask

@@ -74,7 +74,7 @@ def test_text_queries_keep_structure(snippets, policy):
     lengths = new_mask.sum(1)
     assert torch.equal(new_mask, (torch.arange(ids.shape[1]) < lengths.unsqueeze(1)).long())
     assert (new_ids[torch.arange(len(ids)), lengths - 1] == 102).all()
-    assert (lengths <= mask.sum(1)).all()
+    assert (lengths <= ids.shape[1]).all()
     # Replacement tokens come from the batch's own vocabulary.
     assert set(new_ids[new_mask.bool()].tolist()) <= set(ids[mask.bool()].tolist())
     again = simulate_text_queries(ids, mask, torch.Generator().manual_seed(0), policy=policy)
@@ -213,3 +213,27 @@ def test_defend_takes_a_teacher_folder(tmp_path, snippets, teacher_config):
     ensemble = defend(str(tmp_path / "teacher"), snippets["train"], members=["distilbert-tiny"], args=args)
     assert isinstance(ensemble, MisleaderEnsembleForSequenceClassification)
     assert ensemble.config.id2label == {0: "rotten", 1: "fresh"}
+
+
+def test_splices_join_the_head_of_one_sentence_to_the_tail_of_another(snippets):
+    from hf_misleader.augment import splice_pairs
+
+    batch = snippets["train"][:32]
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    chosen = torch.arange(32) % 2 == 0
+    new_ids, new_mask = splice_pairs(ids, mask, torch.Generator().manual_seed(0), chosen)
+    assert torch.equal(new_ids[~chosen], ids[~chosen]) and torch.equal(new_mask[~chosen], mask[~chosen])
+    lengths = new_mask.sum(1)
+    assert torch.equal(new_mask, (torch.arange(ids.shape[1]) < lengths.unsqueeze(1)).long())
+    assert (new_ids[:, 0] == 101).all() and (new_ids[torch.arange(32), lengths - 1] == 102).all()
+    assert ((new_ids == 102).sum(1) == 1).all()  # one [SEP], at the end
+    sentences = [ids[i, 1 : mask[i].sum() - 1].tolist() for i in range(32)]
+    mixed = 0
+    for row in torch.nonzero(chosen).flatten().tolist():
+        tokens = new_ids[row, 1 : lengths[row] - 1].tolist()
+        # Its head is a prefix of its own sentence and the rest a piece of some sentence of the batch.
+        cut = max(k for k in range(len(tokens) + 1) if tokens[:k] == sentences[row][:k])
+        tail = tokens[cut:]
+        assert any(tail == s[j : j + len(tail)] for s in sentences for j in range(len(s) - len(tail) + 1)), row
+        mixed += bool(tail) and cut < len(sentences[row])
+    assert mixed >= 8  # most chosen rows really mix two sentences
