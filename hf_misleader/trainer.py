@@ -131,12 +131,13 @@ class MisleaderTrainer(Trainer):
         labels = {"student": _num_labels(model), "teacher": _num_labels(teacher_model), "attacker": _num_labels(attacker_model)}
         if len(set(labels.values())) != 1:
             raise ValueError(f"Student, teacher and attacker must share one label space; got num_labels {labels}.")
+        refusal = ("MisleaderTrainer trains a second model (the attacker clone) inside each step; DeepSpeed and FSDP "
+                   "are not supported with it. Use DDP (plain `accelerate launch` / `torchrun`).")
+        if args.deepspeed or args.fsdp:  # before the stock Trainer sets either up
+            raise ValueError(refusal)
         super().__init__(model=model, args=args, compute_metrics=compute_metrics or accuracy_metric, **kwargs)
-        if self.is_deepspeed_enabled or self.is_fsdp_enabled:
-            raise ValueError(
-                "MisleaderTrainer trains a second model (the attacker clone) inside each step; DeepSpeed and FSDP "
-                "are not supported with it. Use DDP (plain `accelerate launch` / `torchrun`)."
-            )
+        if self.is_deepspeed_enabled or self.is_fsdp_enabled:  # e.g. enabled by an accelerate config file
+            raise ValueError(refusal)
         # compute_loss returns a per-batch mean: let the Trainer divide it for gradient accumulation.
         self.loss_is_scaled_for_ga = False
         if args.objective == "unrolled" and getattr(attacker_model.config, "_attn_implementation", "eager") != "eager":

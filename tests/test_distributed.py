@@ -113,3 +113,10 @@ def test_sigkill_then_resume_ends_bit_identical(tmp_path, while_saving):
     straight, again = weights(tmp_path / "straight"), weights(tmp_path / "killed")
     for name in straight:
         assert torch.equal(straight[name], again[name]), name
+
+
+def test_fsdp_is_refused_with_a_clear_error(tmp_path):
+    result = train(tmp_path, 4, processes=2, extra={"fsdp": True})
+    assert result.returncode != 0
+    assert "DeepSpeed and FSDP are not supported" in result.stdout + result.stderr
+    assert not os.path.exists(os.path.join(tmp_path, "rank-0.safetensors"))
