@@ -81,10 +81,11 @@ class MisleaderConfig(PretrainedConfig):
         self.member_hyperparameters = member_hyperparameters
         self.teacher_name_or_path = teacher_name_or_path
         self.objective = objective
-        self.output_defense = _checked_output_defense(output_defense)
+        self.output_defense = checked_output_defense(output_defense)
 
 
-def _checked_output_defense(output_defense):
+def checked_output_defense(output_defense):
+    """`output_defense` validated (a copy), or None; raises ValueError naming what is wrong."""
     if output_defense is None:
         return None
     if not isinstance(output_defense, dict) or output_defense.get("name") not in OUTPUT_DEFENSE_PARAMETERS:

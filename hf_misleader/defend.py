@@ -14,6 +14,7 @@ from transformers import AutoConfig, AutoModelForImageClassification, AutoModelF
 
 from .members import image_member_config, member_name, text_member_config
 from .inputs import accepted_inputs, keep_accepted
+from .configuration_misleader import checked_output_defense
 from .objectives import derangement
 from .modeling_misleader import MisleaderEnsembleForImageClassification, MisleaderEnsembleForSequenceClassification
 from .trainer import TEACHER_LOGITS_COLUMN, MisleaderTrainer
@@ -85,6 +86,7 @@ def defend(
     attacker_model=None,
     callbacks=None,
     precompute_teacher_logits: bool = False,
+    output_defense: dict = None,
 ) -> "MisleaderEnsembleForImageClassification | MisleaderEnsembleForSequenceClassification":
     """
     Distil `teacher` into an ensemble of heterogeneous students, each trained against its own simulated attacker.
@@ -117,11 +119,16 @@ def defend(
         precompute_teacher_logits (`bool`, *optional*, defaults to `False`):
             Run the teacher once over `train_dataset` and reuse its logits, instead of a teacher forward at every
             step of every member. Worth it for a large teacher (e.g. a pretrained transformer) on the CPU.
+        output_defense (`dict`, *optional*):
+            A public output transform the served ensemble applies to its averaged probabilities, recorded in its
+            config (e.g. `{"name": "reverse_sigmoid", "beta": 0.7, "gamma": 0.4}`; see [`MisleaderConfig`]). Checked
+            before any training.
 
     Returns:
         [`MisleaderEnsembleForImageClassification`] or [`MisleaderEnsembleForSequenceClassification`]: the served
         ensemble, on the CPU, in eval mode.
     """
+    checked_output_defense(output_defense)
     teacher = _load_teacher(teacher)
     modality = _modality(teacher)
     input_column, auto_class, ensemble_class = _MODALITIES[modality]
@@ -202,6 +209,7 @@ def defend(
         member_hyperparameters=records,
         teacher_name_or_path=getattr(teacher, "name_or_path", None) or None,
         objective=args.objective,
+        output_defense=output_defense,
         id2label=id2label,
         label2id={label: index for index, label in id2label.items()},
     )

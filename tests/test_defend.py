@@ -258,3 +258,12 @@ def test_defend_with_each_objective(tmp_path, digits, objective):
         first, second = recorder.permutations
         assert torch.equal(first, second)  # the members tell the same lie
         assert not (first == torch.arange(10)).any()
+
+
+def test_defend_composes_an_output_defense(tmp_path, digits):
+    with pytest.raises(ValueError, match="output_defense"):
+        defend(build_member("resnet-tiny"), digits["train"], members=["resnet-tiny"], args=tiny_args(tmp_path),
+               output_defense={"name": "reverse_sigmoid", "beta": -1})
+    defended = defend(build_member("resnet-tiny"), digits["train"], members=["resnet-tiny"], args=tiny_args(tmp_path),
+                      output_defense={"name": "reverse_sigmoid", "beta": 0.7, "gamma": 0.4})
+    assert defended.config.output_defense == {"name": "reverse_sigmoid", "beta": 0.7, "gamma": 0.4}

@@ -431,3 +431,36 @@ def test_text_budget_and_bad_inputs(text_model):
     # Long texts are served when the pipeline is built to truncate them.
     truncating = protected_text(text_model, truncation=True, max_length=16)
     assert truncating("good " * 30)[0]["label"] in TEXT_LABELS.values()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# A served output defence composes with the ensemble: the protected pipeline and the black box answer with it
+
+
+def test_output_defense_reaches_the_protected_pipeline_and_the_black_box(image_model, stock_image, images, processor,
+                                                                         tmp_path):
+    from transformers import AutoModelForImageClassification
+
+    from hf_misleader import BlackBoxAPI
+    from hf_misleader.modeling_misleader import reverse_sigmoid
+
+    model = AutoModelForImageClassification.from_pretrained(image_model)
+    model.config.output_defense = {"name": "reverse_sigmoid", "beta": 0.7, "gamma": 0.4}
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    plain = stock_image(images, top_k=NUM_LABELS)
+    defended = protected_image(str(tmp_path), max_top_k=None)(images, top_k=NUM_LABELS)
+    label2id = {label: int(index) for label, index in model.config.label2id.items()}
+    for plain_answer, defended_answer in zip(plain, defended):
+        averaged = torch.zeros(NUM_LABELS)
+        for entry in plain_answer:
+            averaged[label2id[entry["label"]]] = entry["score"]
+        expected = reverse_sigmoid(averaged.unsqueeze(0), 0.7, 0.4)[0]
+        for entry in defended_answer:
+            assert entry["score"] == pytest.approx(expected[label2id[entry["label"]]].item(), abs=1e-5)
+    # The black box sees the same transformed probabilities.
+    pixel_values = processor(images=[image.convert("RGB") for image in images], return_tensors="pt")["pixel_values"]
+    answers = BlackBoxAPI(AutoModelForImageClassification.from_pretrained(tmp_path)).query(pixel_values)
+    for row, answer in zip(answers, defended):
+        for entry in answer:
+            assert row[label2id[entry["label"]]].item() == pytest.approx(entry["score"], abs=1e-5)
