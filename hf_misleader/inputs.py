@@ -36,3 +36,18 @@ def accepted_inputs(model):
 def keep_accepted(inputs: dict, accepted) -> dict:
     # Models of different architectures take different inputs (DistilBERT has no token_type_ids).
     return {name: value for name, value in inputs.items() if accepted is None or name in accepted}
+
+
+def concat_rows(first: dict, second: dict) -> dict:
+    """Two batches of the same inputs as one: rows of `first`, then rows of `second`. Token sequences of different
+    lengths are right-padded with 0 (masked out by a 0 attention mask) to the longer one."""
+    if set(first) != set(second):
+        raise ValueError(f"Cannot join batches with inputs {sorted(first)} and {sorted(second)}.")
+    joined = {}
+    for name, a in first.items():
+        b = second[name]
+        if a.dim() == 2 and a.shape[1] != b.shape[1]:  # (batch, sequence): pad the shorter
+            width = max(a.shape[1], b.shape[1])
+            a, b = (torch.nn.functional.pad(t, (0, width - t.shape[1])) for t in (a, b))
+        joined[name] = torch.cat([a, b.to(a.dtype)])
+    return joined

@@ -16,7 +16,7 @@ from transformers.utils import logging
 
 from . import objectives
 from .augment import simulate_image_queries, simulate_text_queries
-from .inputs import accepted_inputs, keep_accepted
+from .inputs import accepted_inputs, concat_rows, keep_accepted
 from .members import attacker_config_for
 from .training_args import MisleaderTrainingArguments
 
@@ -85,8 +85,9 @@ class MisleaderTrainer(Trainer):
     3. returns the student's loss: distillation on `(x, y)` plus `args.misleader_lambda` times the objective term
        (`args.objective`, see [`MisleaderTrainingArguments`]).
 
-    The student's forward on `x'` is computed once and serves both the attacker's update and the loss; it runs in
-    eval mode, as a thief sees the served model, which also keeps attacker queries out of batch-norm statistics.
+    The student runs once per step, over `x` and `x'` together (in train mode: batch norm sees both with the same
+    statistics, so the student cannot learn to answer queries in one mode and benign inputs in another); its answers
+    on `x'` serve both the attacker's update and the loss.
     Evaluation scores the student alone, so `metric_for_best_model="accuracy"` selects on the validation split.
     Checkpoints hold the attacker (weights, optimizer, each process's query generator) and resuming restores it; a
     checkpoint left incomplete by a killed run is never resumed from. A non-finite loss or a collapse of validation
@@ -214,8 +215,12 @@ class MisleaderTrainer(Trainer):
         else:
             with torch.no_grad():
                 teacher_logits = self._forward(self.teacher, model_inputs).logits
-        outputs = self._forward(model, model_inputs)
-        student_query_logits = self._student_on_queries(model, queries)
+        # One forward of the student over the benign batch and the queries together, in train mode: batch norm
+        # normalises both with the same statistics (the running ones it serves with come from the same mixture), so
+        # the student cannot answer queries in one mode and benign inputs in another.
+        outputs = self._forward(model, concat_rows(model_inputs, queries))
+        rows = len(inputs["labels"])
+        outputs.logits, student_query_logits = outputs.logits[:rows], outputs.logits[rows:]
         with torch.no_grad():  # the clone as it is before this step's update: the one the student plays against
             attacker_query_logits = self._forward(self.attacker, queries).logits
 
@@ -278,14 +283,6 @@ class MisleaderTrainer(Trainer):
             self._accepted_inputs[id(model)] = accepted_inputs(self.accelerator.unwrap_model(model))
         return self._accepted_inputs[id(model)]
 
-    def _student_on_queries(self, model, queries):
-        # A thief queries the served, eval-mode student.
-        model.eval()
-        try:
-            return self._forward(model, queries).logits
-        finally:
-            model.train()
-
     def _attacker_update(self, batches):
         """`attacker_steps` updates of the attacker towards the student's answers on `batches` (queries, probs)."""
         for _ in range(self.args.attacker_steps):
@@ -342,7 +339,10 @@ class MisleaderTrainer(Trainer):
                 input_ids, attention_mask, self.query_generator, policy=args.augmentation,
                 strength=args.augmentation_strength,
             )
-            return {"input_ids": input_ids, "attention_mask": attention_mask}
+            queries = {"input_ids": input_ids, "attention_mask": attention_mask}
+            if "token_type_ids" in model_inputs:  # one segment, as the thief's single sentences
+                queries["token_type_ids"] = torch.zeros_like(input_ids)
+            return queries
         raise ValueError(
             f"MisleaderTrainer needs `pixel_values` (images) or `input_ids` (text) in each batch; got {sorted(model_inputs)}."
         )

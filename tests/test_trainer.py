@@ -102,9 +102,8 @@ def test_compute_loss_is_the_misleader_objective(tmp_path, digits):
     queries = simulate_image_queries(inputs["pixel_values"], generator, policy="heavy", strength=1.0)
     with torch.no_grad():
         teacher_logits = trainer.teacher(pixel_values=inputs["pixel_values"]).logits
-        student_logits = student(pixel_values=inputs["pixel_values"]).logits  # a ViT: no batch statistics
-        student_query_logits = student.eval()(pixel_values=queries).logits
-        student.train()
+        joint = student(pixel_values=torch.cat([inputs["pixel_values"], queries])).logits  # one train-mode forward
+        student_logits, student_query_logits = joint[:8], joint[8:]
     with torch.no_grad():  # the loss plays against the clone as it was before this step's updates
         attacker_query_logits = attacker(pixel_values=queries).logits
     student_probs = F.softmax(student_query_logits, -1)
@@ -129,18 +128,19 @@ def test_compute_loss_is_the_misleader_objective(tmp_path, digits):
     torch.testing.assert_close(loss.detach(), expected, rtol=1e-4, atol=1e-5)
 
 def test_student_runs_once_per_batch_and_attacker_step_leaves_it_alone(tmp_path, digits):
-    """One forward on the benign batch, one on the queries (serving both the attacker step and the loss); the
-    attacker's own backward pass, inside compute_loss, must not leave gradients on the student or the teacher."""
+    """One forward over the benign batch and the queries together (serving both the attacker step and the loss);
+    the attacker's own backward pass, inside compute_loss, must not leave gradients on the student or the teacher."""
     trainer = make_trainer(make_args(tmp_path, attacker_steps=3), digits)
     student = trainer.model.train()
     calls = []
-    handle = student.register_forward_hook(lambda module, args, kwargs_or_output: calls.append(module.training))
+    handle = student.register_forward_pre_hook(
+        lambda module, args, kwargs: calls.append((module.training, len(kwargs["pixel_values"]))), with_kwargs=True)
     batch = digits["train"][:8]
     try:
         trainer.compute_loss(student, {"pixel_values": batch["pixel_values"], "labels": batch["label"]})
     finally:
         handle.remove()
-    assert calls == [True, False]  # the benign batch in train mode, the queries in eval mode, nothing more
+    assert calls == [(True, 16)]  # one forward, in train mode, over the 8 benign images and their 8 queries
     assert all(parameter.grad is None for parameter in student.parameters())
     assert all(parameter.grad is None for parameter in trainer.teacher.parameters())
 
