@@ -237,3 +237,28 @@ def test_splices_join_the_head_of_one_sentence_to_the_tail_of_another(snippets):
         assert any(tail == s[j : j + len(tail)] for s in sentences for j in range(len(s) - len(tail) + 1)), row
         mixed += bool(tail) and cut < len(sentences[row])
     assert mixed >= 8  # most chosen rows really mix two sentences
+
+
+def test_a_surrogate_pool_of_other_length_joins_the_training_batch(tmp_path, snippets, teacher_config, tokenizer):
+    """The student answers the benign batch and the queries in one forward: token batches of different lengths are
+    padded to one (the padding masked out), so a surrogate pool tokenised to another length still trains."""
+    from hf_misleader.data import prepare_text_dataset
+    from hf_misleader.inputs import concat_rows
+
+    short = {"input_ids": torch.tensor([[101, 7, 102]]), "attention_mask": torch.tensor([[1, 1, 1]])}
+    long = {"input_ids": torch.tensor([[101, 8, 9, 10, 102]]), "attention_mask": torch.ones(1, 5, dtype=torch.long)}
+    joined = concat_rows(short, long)
+    assert joined["input_ids"].tolist() == [[101, 7, 102, 0, 0], [101, 8, 9, 10, 102]]
+    assert joined["attention_mask"].tolist() == [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]]
+    with pytest.raises(ValueError, match="Cannot join"):
+        concat_rows(short, {"input_ids": long["input_ids"]})
+
+    raw = split_for_extraction(load_rotten_tomatoes(), {"pool": 32}, seed=1)["pool"]
+    pool = prepare_text_dataset(raw, tokenizer, max_length=MAX_LENGTH // 2)
+    args = MisleaderTrainingArguments(output_dir=str(tmp_path), max_steps=1, per_device_train_batch_size=16,
+                                      report_to="none", use_cpu=True, disable_tqdm=True, save_strategy="no")
+    trainer = MisleaderTrainer(model=tiny_text_model(teacher_config, "bert-tiny", seed=1).train(),
+                               teacher_model=tiny_text_model(teacher_config, "bert-tiny", seed=0), args=args,
+                               train_dataset=snippets["train"], attacker_dataset=pool)
+    trainer.train()
+    assert trainer.state.global_step == 1
