@@ -27,6 +27,12 @@ def _demo(arguments):
              task=arguments.task)
 
 
+def _defend(arguments):
+    from .recipe import main as run_recipe
+
+    run_recipe([arguments.config])
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hf-misleader", description="Defend classifiers against model extraction.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -40,6 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=_seed, default=0, help="Seed of the splits, training and attacks.")
     demo.add_argument("--no-progress", action="store_true", help="Hide progress bars.")
     demo.set_defaults(handler=_demo)
+    defend = commands.add_parser(
+        "defend", help="Defend a classifier as a recipe config says (the trainers/ recipes; accelerate launch-able)."
+    )
+    defend.add_argument("--config", required=True,
+                        help="YAML or JSON with DefendArguments and MisleaderTrainingArguments, e.g. "
+                             "trainers/configs/image_classification.yaml.")
+    defend.set_defaults(handler=_defend)
     return parser
 
 

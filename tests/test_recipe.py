@@ -1,0 +1,116 @@
+"""The launchable recipe (trainers/*_classification.py, `hf-misleader defend --config`): configs, errors, a real run."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+from transformers import AutoModelForImageClassification, pipeline
+
+from hf_misleader.cli import main as cli_main
+from hf_misleader.data import load_sklearn_digits
+from hf_misleader.recipe import load_config, parse_arguments
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = {
+    "task": "image", "dataset_name": "sklearn-digits", "image_size": 16, "train_size": 96, "validation_size": 48,
+    "teacher_name_or_path": "resnet-tiny", "teacher_epochs": 1, "members": ["resnet-tiny", "convnext-tiny"],
+    "attacker_pool": "mnist-5k", "attacker_pool_size": 48, "objective": "unrolled", "num_train_epochs": 1,
+    "per_device_train_batch_size": 16, "eval_strategy": "epoch", "save_strategy": "no", "report_to": "none",
+    "use_cpu": True, "disable_tqdm": True, "seed": 0,
+}
+
+
+def free_port():
+    with socket.socket() as handle:
+        handle.bind(("127.0.0.1", 0))
+        return handle.getsockname()[1]
+
+
+def write_config(folder, **changes):
+    config = {**TINY, "output_dir": str(folder / "run"), **changes}
+    path = folder / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.mark.parametrize("name", ["image_classification.yaml", "text_classification.yaml"])
+def test_shipped_configs_parse(name):
+    arguments, training_args = load_config(os.path.join(ROOT, "trainers", "configs", name))
+    assert arguments.task == name.split("_")[0]
+    assert training_args.load_best_model_at_end and training_args.metric_for_best_model == "accuracy"
+
+
+def test_unknown_key_is_an_error_not_a_silent_default(tmp_path):
+    with pytest.raises(ValueError, match="misleader_lamda"):
+        load_config(write_config(tmp_path, misleader_lamda=0.5))
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [({"task": "audio"}, "task must be one of"), ({"train_size": 0}, "train_size must be a positive integer"),
+     ({"output_defense": "{not json"}, "output_defense must be JSON"), ({"misleader_lambda": -1}, "misleader_lambda")],
+)
+def test_bad_values_are_named(tmp_path, changes, message):
+    with pytest.raises(ValueError, match=message):
+        load_config(write_config(tmp_path, **changes))
+
+
+def test_flags_work_like_the_file(tmp_path):
+    arguments, training_args = parse_arguments(
+        ["--teacher_name_or_path", "resnet-tiny", "--teacher_epochs", "1", "--output_dir", str(tmp_path),
+         "--objective", "misinformation", "--members", "resnet-tiny", "vit-tiny"]
+    )
+    assert arguments.members == ["resnet-tiny", "vit-tiny"] and training_args.objective == "misinformation"
+
+
+def test_cli_errors_before_any_training(tmp_path, capsys):
+    config = write_config(tmp_path, teacher_epochs=0)  # an untrained preset cannot be the teacher
+    assert cli_main(["defend", "--config", str(config)]) == 2
+    assert "teacher_epochs > 0" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+    assert cli_main(["defend", "--config", str(tmp_path / "missing.yaml")]) == 2
+    config = write_config(tmp_path, train_size=2000)
+    assert cli_main(["defend", "--config", str(config)]) == 2
+    assert "more than the 1797 rows" in capsys.readouterr().err
+
+
+def test_defend_config_trains_and_saves_a_servable_ensemble(tmp_path):
+    config = write_config(tmp_path, output_defense=json.dumps({"name": "reverse_sigmoid"}))
+    assert cli_main(["defend", "--config", str(config)]) == 0
+    folder = tmp_path / "run" / "defended-model"
+    summary = json.loads((folder / "defence_summary.json").read_text())
+    assert summary["members"] == ["resnet-tiny", "convnext-tiny"] and summary["processes"] == 1
+    assert 0.0 <= summary["defended_validation_accuracy"] <= 1.0
+    model = AutoModelForImageClassification.from_pretrained(folder)
+    assert model.config.objective == "unrolled" and model.config.output_defense["name"] == "reverse_sigmoid"
+    classify = pipeline("image-classification", model=str(folder), device="cpu")
+    scores = classify(load_sklearn_digits(16)[0]["image"].convert("RGB"), top_k=10)
+    assert abs(sum(row["score"] for row in scores) - 1.0) < 1e-4
+
+
+@pytest.mark.slow
+def test_recipe_under_torchrun_two_processes(tmp_path):
+    config = write_config(tmp_path)
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
+               os.path.join(ROOT, "trainers", "image_classification.py"), str(config)]
+    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                          timeout=600, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    folder = tmp_path / "run" / "defended-model"
+    assert json.loads((folder / "defence_summary.json").read_text())["processes"] == 2
+    model = AutoModelForImageClassification.from_pretrained(folder)
+    with torch.no_grad():
+        probabilities = model(pixel_values=torch.zeros(2, 3, 16, 16)).logits.softmax(-1)
+    assert torch.allclose(probabilities.sum(-1), torch.ones(2))
+
+
+def test_recipe_scripts_refuse_the_other_task(tmp_path):
+    config = write_config(tmp_path)
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "trainers", "text_classification.py"), str(config)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert done.returncode != 0 and "defends text classifiers" in done.stderr

@@ -1,0 +1,14 @@
+"""Defend a text classifier with MISLEADER: a launchable recipe.
+
+    python trainers/text_classification.py trainers/configs/text_classification.yaml
+    accelerate launch --config_file trainers/accelerate/multi_cpu.yaml \
+        trainers/text_classification.py trainers/configs/text_classification.yaml
+
+Arguments: hf_misleader.recipe.DefendArguments and hf_misleader.MisleaderTrainingArguments, from one YAML file or as
+`--flags` (`--help` lists them). `hf-misleader defend --config FILE` runs the same recipe.
+"""
+
+from hf_misleader.recipe import main
+
+if __name__ == "__main__":
+    main(task="text")
