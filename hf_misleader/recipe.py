@@ -65,6 +65,7 @@ class DefendArguments:
     label_column: str = field(default="label", metadata={"help": "Column of the integer class labels."})
     train_size: int = field(default=2200, metadata={"help": "Training examples (a seeded split of the data set)."})
     validation_size: int = field(default=300, metadata={"help": "Validation examples (model selection only)."})
+    split_seed: int = field(default=0, metadata={"help": "Seed of the train/validation split (fixed across training seeds)."})
     image_size: int = field(default=28, metadata={"help": "Image side when the teacher is built from a preset."})
     max_length: int = field(default=48, metadata={"help": "Tokens per text (padded and truncated)."})
     members: Optional[list[str]] = field(default=None, metadata={"help": "Member presets (default: defend()'s)."})
@@ -222,11 +223,14 @@ def run_recipe(arguments: DefendArguments, training_args: MisleaderTrainingArgum
         raise ValueError(f"train_size + validation_size = {needed} is more than the {len(raw)} rows of "
                          f"{arguments.dataset_name}.")
     splits = builtin_data.split_for_extraction(
-        raw, {"train": arguments.train_size, "validation": arguments.validation_size}, seed=seed)
+        raw, {"train": arguments.train_size, "validation": arguments.validation_size}, seed=arguments.split_seed)
     teacher, processor = _build_teacher(arguments, splits["train"], seed)
     data = {name: _prepare(split, arguments.task, processor, arguments) for name, split in splits.items()}
     if arguments.teacher_epochs:
         teacher = _train_teacher(teacher, data, arguments, training_args)
+        if training_args.process_index == 0:  # reusable as teacher_name_or_path by later runs (other seeds)
+            teacher.save_pretrained(os.path.join(training_args.output_dir, "teacher-model"))
+            processor.save_pretrained(os.path.join(training_args.output_dir, "teacher-model"))
     pool = _attacker_pool(arguments, processor, seed)
     output_defense = json.loads(arguments.output_defense) if isinstance(arguments.output_defense, str) else arguments.output_defense
     defended = defend(
