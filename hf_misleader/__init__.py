@@ -31,6 +31,8 @@ register_pipelines()  # tasks "protected-image-classification" and "protected-te
 # The training side (imported after the registration above, which it relies on).
 from .blackbox import BlackBoxAPI, QueryBudgetExceeded  # noqa: E402
 from .defend import defend  # noqa: E402
+from .defenses import build_defense  # noqa: E402
+from .hub import push_benchmark_to_hub, push_to_hub  # noqa: E402
 from .members import build_image_member, list_presets  # noqa: E402
 from .trainer import MisleaderTrainer  # noqa: E402
 from .training_args import MisleaderTrainingArguments  # noqa: E402
@@ -52,4 +54,7 @@ __all__ = [
     "ProtectedTextClassificationPipeline",
     "QueryBudget",
     "register_pipelines",
+    "build_defense",
+    "push_to_hub",
+    "push_benchmark_to_hub",
 ]

@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="YAML or JSON with DefendArguments and MisleaderTrainingArguments, e.g. "
                              "trainers/configs/image_classification.yaml.")
     defend.set_defaults(handler=_defend)
+    from .hub import add_push_command
+
+    add_push_command(commands)
     return parser
 
 

@@ -491,6 +491,33 @@ class MisleaderTrainer(Trainer):
                 "fewer processes?): this process's attacker-like queries start afresh."
             )
 
+    # -- Hub -------------------------------------------------------------------------------------------------------
+
+    def create_model_card(self, language=None, license=None, tags=None, model_name=None, finetuned_from=None,
+                          tasks=None, dataset_tags=None, dataset=None, dataset_args=None, **kwargs):
+        """
+        Write hf-misleader's card of this student to `args.output_dir/README.md`, instead of the generic Trainer card;
+        [`~transformers.Trainer.push_to_hub`] (and `args.push_to_hub=True`) then uploads it. Text written around the
+        generated section of a card already there is kept. Arguments as in
+        [`~transformers.Trainer.create_model_card`] (`tasks`, `dataset_tags` and `dataset_args` are not used).
+        """
+        if not self.is_world_process_zero():
+            return
+        from .model_card import merge_model_cards, render_student_card, student_card_facts
+
+        datasets = [dataset] if isinstance(dataset, str) else list(dataset or [])
+        model_id = self.hub_model_id or self.args.hub_model_id or model_name or os.path.basename(
+            os.path.abspath(self.args.output_dir))
+        card = render_student_card(student_card_facts(self, datasets), model_id,
+                                   tags=[tags] if isinstance(tags, str) else tags, language=language, license=license,
+                                   base_model=finetuned_from)
+        path = os.path.join(self.args.output_dir, "README.md")
+        existing = None
+        if os.path.isfile(path):
+            with open(path, encoding="utf-8") as handle:
+                existing = handle.read()
+        merge_model_cards(card, existing).save(path)
+
 
 def _auto_class(model):
     from transformers import AutoModelForImageClassification, AutoModelForSequenceClassification
