@@ -53,8 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="YAML or JSON with DefendArguments and MisleaderTrainingArguments, e.g. "
                              "trainers/configs/image_classification.yaml.")
     defend.set_defaults(handler=_defend)
+    from .benchmark import add_benchmark_command
     from .hub import add_push_command
 
+    add_benchmark_command(commands)
     add_push_command(commands)
     return parser
 

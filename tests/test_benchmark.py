@@ -1,0 +1,255 @@
+"""The extraction benchmark: the tiny config end to end, resuming, the worst case, config checks and the CLI hook."""
+
+import argparse
+import copy
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+from datasets import Dataset
+
+from hf_misleader import benchmark, benchmark_data, benchmark_runs
+from hf_misleader.benchmark import add_benchmark_command, run_benchmark
+from hf_misleader.benchmark_config import BenchmarkConfigError, load_config
+from hf_misleader.benchmark_results import COLUMNS, worst_case_rows
+from hf_misleader.benchmark_runs import RUN_KEY, plan_runs
+
+CONFIGS = Path(__file__).resolve().parent.parent / "benchmarks" / "configs"
+TINY = CONFIGS / "tiny.yaml"
+OUTPUTS = ("results.json", "results.parquet", "config.json", "summary.md", "worst_case_vs_queries.png",
+           "utility_vs_extraction.png")
+
+
+def tiny_config():
+    return yaml.safe_load(TINY.read_text())
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """The tiny benchmark, run once: its output folder and the returned Dataset."""
+    output_dir = tmp_path_factory.mktemp("benchmark") / "tiny"
+    return output_dir, run_benchmark(TINY, output_dir, progress=False)
+
+
+def _runs(rows):
+    return [row for row in rows if row["answers"] != "worst_case"]
+
+
+def test_tiny_benchmark_end_to_end(finished):
+    output_dir, table = finished
+    for name in OUTPUTS:
+        assert (output_dir / name).is_file(), name
+    assert table.column_names == list(COLUMNS)
+    rows = table.to_list()
+    planned = plan_runs(load_config(TINY))
+    assert {tuple(row[k] for k in RUN_KEY) for row in _runs(rows)} == {run.key for run in planned}
+    # soft + label-only for both defences, averaging for the randomised one only; 2 pools x 2 budgets each.
+    assert len(_runs(rows)) == (2 + 3) * 2 * 2
+    assert sum(row["answers"] == "averaging" for row in rows) == 4
+    assert all(row["defense"] == "gaussian_noise" for row in rows if row["answers"] == "averaging")
+    for row in _runs(rows):
+        assert row["queries"] == row["budget"]
+        assert row["output"] == ("label" if row["answers"] == "label_only" else "probabilities")
+        for key in ("victim_accuracy", "defended_accuracy", "clone_accuracy", "clone_agreement"):
+            assert 0.0 <= row[key] <= 1.0, (key, row)
+    undefended = {row["defended_accuracy"] for row in rows if row["defense"] == "none"}
+    assert undefended == {rows[0]["victim_accuracy"]}  # no defence: utility is the victim's own accuracy
+    assert Dataset.from_parquet(str(output_dir / "results.parquet")).to_list() == rows
+    assert json.loads((output_dir / "results.json").read_text()) == rows
+    assert "worst-case clone" in (output_dir / "summary.md").read_text()
+
+
+def test_worst_case_is_the_max_over_answers(finished):
+    rows = finished[1].to_list()
+    def group(row):
+        return tuple(row[k] for k in RUN_KEY if k != "answers")
+
+    worst = [row for row in rows if row["answers"] == "worst_case"]
+    assert len(worst) == len({group(row) for row in _runs(rows)}) == 2 * 2 * 2
+    for row in worst:
+        members = [r for r in _runs(rows) if group(r) == group(row)]
+        assert row["clone_accuracy"] == max(r["clone_accuracy"] for r in members)
+        reached = next(r for r in members if r["answers"] == row["worst_of"])
+        assert reached["clone_accuracy"] == row["clone_accuracy"]
+        assert rows.index(row) < min(rows.index(r) for r in members)  # tables lead with the worst case
+
+
+def test_label_only_floor_is_the_in_distribution_label_only_clone(finished):
+    rows = finished[1].to_list()
+    for row in rows:
+        floor = next(r["clone_accuracy"] for r in rows if r["answers"] == "label_only" and r["pool"] == "in_distribution"
+                     and all(r[k] == row[k] for k in ("victim", "defense", "budget", "seed")))
+        assert row["label_only_floor"] == floor
+
+
+def test_adaptive_thieves_and_synthetic_attacks_run(finished, tmp_path):
+    """Inverting, un-permuting, JBDA, DFME and MAD's trained surrogate, each through its own attack module."""
+    config = tiny_config()
+    config["defenses"] = [{"name": "reverse_sigmoid"}, {"name": "mad", "surrogate": "resnet-tiny"}]
+    config["attacks"] = [
+        {"name": "knockoff", "answers": ["soft", "inverting", "unpermuting"],
+         "inverting": {"simulations": 1000, "inverter_steps": 20}, "unpermuting": {"labelled": 20}},
+        {"name": "jbda", "answers": ["label_only"], "rounds": 2},
+        {"name": "dfme", "batch_size": 16},
+    ]
+    config["pools"], config["budgets"] = ["in_distribution"], [60]
+    shutil.copytree(finished[0] / "victims", tmp_path / "victims")  # the same teacher, not trained again
+    rows = run_benchmark(config, tmp_path, progress=False).to_list()
+
+    ran = {(row["defense"], row["attack"], row["answers"]) for row in _runs(rows)}
+    assert ran == {("reverse_sigmoid", "knockoff", "soft"), ("reverse_sigmoid", "knockoff", "inverting"),
+                   ("reverse_sigmoid", "knockoff", "unpermuting"), ("mad", "knockoff", "soft"),
+                   ("mad", "knockoff", "unpermuting"), ("reverse_sigmoid", "jbda", "label_only"),
+                   ("mad", "jbda", "label_only"), ("reverse_sigmoid", "dfme", "soft"), ("mad", "dfme", "soft")}
+    assert all(row["queries"] == 60 for row in rows)  # the labelled samples are queries too
+    assert {row["pool"] for row in rows if row["attack"] == "dfme"} == {"synthetic"}
+    mad = next(row for row in rows if row["defense"] == "mad")
+    assert json.loads(mad["defense_params"]) == {"epsilon": 0.5, "surrogate": "resnet-tiny"}
+
+
+def test_worst_case_ties_go_to_the_simplest_answers():
+    base = {"dataset": "d", "victim": "v", "defense": "none", "defense_params": "{}", "attack": "knockoff",
+            "pool": "in_distribution", "budget": 10, "seed": 0}
+    runs = [{**base, "answers": "label_only", "clone_accuracy": 0.5}, {**base, "answers": "soft", "clone_accuracy": 0.5},
+            {**base, "answers": "averaging", "clone_accuracy": 0.25}, {**base, "budget": 20, "answers": "soft",
+                                                                         "clone_accuracy": 0.75}]
+    worst = worst_case_rows(runs)
+    assert [(w["budget"], w["worst_of"], w["clone_accuracy"]) for w in worst] == [(10, "soft", 0.5), (20, "soft", 0.75)]
+
+
+def test_finished_benchmark_is_not_run_again(finished, tmp_path, monkeypatch):
+    output_dir = tmp_path / "again"
+    shutil.copytree(finished[0], output_dir)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a finished run was run again")
+
+    monkeypatch.setattr(benchmark, "_prepare", refuse)  # no data, no victim: nothing is left to do
+    monkeypatch.setattr(benchmark_runs, "execute_run", refuse)
+    assert run_benchmark(TINY, output_dir, progress=False).to_list() == finished[1].to_list()
+
+
+def test_interrupted_benchmark_runs_only_the_missing_rows(finished, tmp_path, monkeypatch):
+    output_dir = tmp_path / "interrupted"
+    shutil.copytree(finished[0], output_dir)
+    rows = json.loads((output_dir / "results.json").read_text())
+    lost = [row for row in _runs(rows) if row["budget"] == 100 and row["pool"] == "sklearn_digits"
+            and row["defense"] == "none"]
+    kept = [row for row in rows if row not in lost]
+    (output_dir / "results.json").write_text(json.dumps(kept))
+    (output_dir / ".results.json.tmp").write_text("half a file, as a crash mid-write leaves it")
+
+    ran, real_execute = [], benchmark_runs.execute_run
+    monkeypatch.setattr(benchmark_runs, "execute_run", lambda run, context: ran.append(run.key) or real_execute(run, context))
+    monkeypatch.setattr(benchmark_data, "train_teacher", lambda *a, **k: pytest.fail("the saved teacher is reused"))
+    resumed = run_benchmark(TINY, output_dir, progress=False).to_list()
+
+    assert sorted(ran) == sorted(tuple(row[k] for k in RUN_KEY) for row in lost)
+    finished_at = {tuple(r[k] for k in RUN_KEY): r["finished_at"] for r in _runs(resumed)}
+    for row in _runs(kept):
+        assert finished_at[tuple(row[k] for k in RUN_KEY)] == row["finished_at"]
+    again = {tuple(r[k] for k in RUN_KEY): r["clone_accuracy"] for r in _runs(resumed)}
+    for row in lost:  # deterministic: the rerun reproduces what was lost
+        assert again[tuple(row[k] for k in RUN_KEY)] == pytest.approx(row["clone_accuracy"])
+
+
+def test_resuming_with_other_settings_is_refused(finished, tmp_path):
+    output_dir = tmp_path / "other"
+    shutil.copytree(finished[0], output_dir)
+    config = tiny_config()
+    config["clone"]["training"]["epochs"] = 1
+    with pytest.raises(ValueError, match="other settings.*clone"):
+        run_benchmark(config, output_dir, progress=False)
+
+
+def _with(path, value):
+    """A copy of the tiny config with the value at `path` (keys and list indices) replaced."""
+    config = copy.deepcopy(tiny_config())
+    target = config
+    for step in path[:-1]:
+        target = target[step]
+    target[path[-1]] = value
+    return config
+
+
+INVALID = [
+    (_with(["defences"], ["none"]), r"defences: unknown key. Did you mean 'defenses'"),
+    (_with(["dataset", "name"], "cifar10"), r"dataset\.name: expected one of"),
+    (_with(["dataset", "splits", "train"], 5000), r"dataset\.splits: ask for"),
+    (_with(["dataset", "splits"], {"train": 10}), r"dataset\.splits: expected exactly"),
+    (_with(["budgets"], [50, 400]), r"budgets: .*pool 'in_distribution', which has 300"),
+    (_with(["budgets"], [0]), r"budgets\[0\]: expected an integer >= 1"),
+    (_with(["seeds"], [-1]), r"seeds\[0\]"),
+    (_with(["defenses", 1], {"name": "gaussian_noise", "sigma": -1}), r"defenses\[1\]: sigma must be >= 0"),
+    (_with(["defenses", 1], {"name": "blur"}), r"defenses\[1\]\.name: expected one of"),
+    (_with(["defenses", 1], {"name": "mad"}), r"defenses\[1\]\.surrogate: MAD needs a surrogate"),
+    (_with(["defenses", 1], "none"), r"defenses: .* listed twice"),
+    (_with(["attacks", 0, "name"], "averaging"), r"attacks\[0\]\.name: .*list them in its `answers`"),
+    (_with(["attacks", 0, "answers"], ["soft", "guessing"]), r"attacks\[0\]\.answers\[1\]: knockoff takes answers"),
+    (_with(["attacks", 0, "epochs"], 3), r"attacks\[0\]\.epochs: set by the benchmark itself"),
+    (_with(["attacks", 0, "averaging"], {"repeat": 5}), r"attacks\[0\]\.averaging\.repeat: not an argument"),
+    (_with(["attacks"], [{"name": "jbda", "answers": ["averaging"]}]), r"attacks\[0\]\.answers\[0\]: jbda takes"),
+    (_with(["pools", 1], "random_words"), r"pools\[1\]\.name: expected 'in_distribution' or one of the image surrogate"),
+    (_with(["pools", 1], "mnist_5k"), r"pools\[1\]\.name: mnist_5k is the victim's own data"),
+    (_with(["pools", 1], {"name": "sklearn_digits", "size": 5000}), r"pools\[1\]\.size: sklearn_digits has 1797"),
+    (_with(["victims", 0], {"name": "defended", "path": "/nonexistent/model"}), r"victims\[0\]\.path: .*`hf-misleader demo`"),
+    (_with(["clone", "model"], "bert-tiny"), r"clone\.model: expected one of the image presets"),
+    (_with(["clone", "training", "epoch"], 3), r"clone\.training\.epoch: unknown key. Did you mean 'epochs'"),
+    (_with(["teacher", "model"], "resnet-huge"), r"teacher\.model: expected one of"),
+]
+
+
+@pytest.mark.parametrize("config, message", INVALID, ids=[message.split(":")[0].replace("\\", "") for _, message in INVALID])
+def test_invalid_config_names_the_bad_key(config, message, tmp_path):
+    with pytest.raises(BenchmarkConfigError, match=message):
+        run_benchmark(config, tmp_path / "never", progress=False)
+    assert not (tmp_path / "never").exists()  # checked before anything is written or run
+
+
+def test_missing_fashion_mnist_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr("hf_misleader.data.FASHION_MNIST_DIR", "/nonexistent/fashion-mnist")
+    with pytest.raises(BenchmarkConfigError, match=r"pools\[1\]\.name: .*apt-get install dataset-fashion-mnist"):
+        load_config(_with(["pools", 1], "fashion_mnist"))
+
+
+def test_recorded_mnist_config_is_valid(tmp_path):
+    config = yaml.safe_load((CONFIGS / "mnist.yaml").read_text())
+    (tmp_path / "config.json").write_text("{}")  # stands in for the demo's outputs/demo/defended-model
+    config["victims"][1]["path"] = str(tmp_path)
+    runs = plan_runs(load_config(config))
+    assert {run.defense for run in runs} == {"none", "top1", "rounding", "reverse_sigmoid", "gaussian_noise",
+                                             "adaptive_misinformation", "mad", "mad_argmax"}
+    assert {run.pool for run in runs} == {"in_distribution", "sklearn_digits", "fashion_mnist"}
+    inverted = {run.defense for run in runs if run.answers == "inverting"}
+    assert inverted == {"rounding", "reverse_sigmoid", "adaptive_misinformation"}  # public transforms only
+    assert {run.defense for run in runs if run.answers == "averaging"} == {"gaussian_noise"}
+
+
+def test_extraction_metric_is_a_local_evaluate_module():
+    from hf_misleader.metrics import load_extraction_metric
+
+    scores = load_extraction_metric().compute(predictions=[0, 1, 2, 2], references=[0, 1, 1, 2],
+                                              victim_predictions=[0, 0, 2, 2])
+    assert scores == {"clone_accuracy": 0.75, "clone_agreement": 0.75}
+
+
+def test_cli_command(finished, tmp_path, monkeypatch):
+    parser = argparse.ArgumentParser(prog="hf-misleader")
+    add_benchmark_command(parser.add_subparsers(dest="command", required=True))
+    output_dir = tmp_path / "cli"
+    shutil.copytree(finished[0], output_dir)
+    arguments = parser.parse_args(["benchmark", "--config", str(TINY), "--output-dir", str(output_dir), "--no-progress"])
+    monkeypatch.setattr(benchmark, "_prepare", lambda *a: pytest.fail("nothing is left to run"))
+    try:
+        arguments.handler(arguments)
+    finally:  # --no-progress switched the library-wide bars off
+        import datasets
+        import transformers
+
+        datasets.enable_progress_bars()
+        transformers.utils.logging.enable_progress_bar()
+    assert (output_dir / "results.parquet").is_file()
+    with pytest.raises(SystemExit):
+        parser.parse_args(["benchmark"])  # --config is required
