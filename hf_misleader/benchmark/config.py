@@ -1,6 +1,6 @@
 """The benchmark's configuration: read from YAML or a dict, checked whole before anything runs.
 
-The accepted keys and values are in `benchmark_schema`, the checks of each section in `benchmark_checks`.
+The accepted keys and values are in `schema.py`, the checks of each section in `checks.py`.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from .benchmark_checks import (
+from .checks import (
     check_attack,
     check_budgets_fit,
     check_clone,
@@ -21,7 +21,7 @@ from .benchmark_checks import (
     check_teacher,
     check_victims,
 )
-from .benchmark_schema import (
+from .schema import (
     DATASETS,
     IN_DISTRIBUTION,
     TOP_LEVEL_KEYS,

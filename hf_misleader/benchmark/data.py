@@ -17,11 +17,11 @@ from transformers import (
     ViTImageProcessorPil,
 )
 
-from . import data as loaders
-from .benchmark_config import BenchmarkConfig
-from .benchmark_schema import IN_DISTRIBUTION, MINILM
-from .demo import DemoSettings, train_teacher
-from .members import build_image_member, text_member_config
+from .. import data as loaders
+from .config import BenchmarkConfig
+from .schema import IN_DISTRIBUTION, MINILM
+from ..demo import DemoSettings, train_teacher
+from ..members import build_image_member, text_member_config
 
 
 @dataclass

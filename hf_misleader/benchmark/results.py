@@ -11,9 +11,9 @@ from pathlib import Path
 import pyarrow.parquet
 from datasets import Dataset, Features, Value
 
-from .benchmark_config import BenchmarkConfig
-from .benchmark_runs import RUN_KEY
-from .benchmark_schema import ANSWERS_ORDER, IN_DISTRIBUTION, WORST_CASE
+from .config import BenchmarkConfig
+from .runs import RUN_KEY
+from .schema import ANSWERS_ORDER, IN_DISTRIBUTION, WORST_CASE
 
 RESULTS_JSON = "results.json"
 RESULTS_PARQUET = "results.parquet"

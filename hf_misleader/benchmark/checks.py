@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from .benchmark_schema import (
+from .schema import (
     ADAPTIVE_ANSWERS,
     BASIC_ANSWERS,
     CLONE_TRAINING_KEYS,
@@ -31,8 +31,8 @@ from .benchmark_schema import (
     no_duplicates,
     no_unknown_keys,
 )
-from .defenses import DEFENSES, build_defense
-from .members import list_presets
+from ..defenses import DEFENSES, build_defense
+from ..members import list_presets
 
 
 def check_dataset(dataset):
@@ -64,7 +64,7 @@ def check_dataset(dataset):
 
 def check_installed(key, name):
     """Data that ships with an optional package or a Debian package: a clear error now, not after training."""
-    from . import data
+    from .. import data
 
     if name == "fashion_mnist" and not os.path.isdir(data.FASHION_MNIST_DIR):
         raise BenchmarkConfigError(key, f"Fashion-MNIST is not in {data.FASHION_MNIST_DIR}: install the Debian "
@@ -166,7 +166,7 @@ def check_defenses(defenses, modality):
 
 
 def check_attack(key, spec, modality):
-    from .attacks import ATTACKS
+    from ..attacks import ATTACKS
 
     spec = {"name": spec} if isinstance(spec, str) else dict(check_mapping(key, spec))
     name = spec.pop("name", None)
