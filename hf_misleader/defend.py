@@ -9,16 +9,23 @@ import numpy as np
 import torch
 from datasets import ClassLabel, Dataset
 from tqdm.auto import tqdm
+from transformers import (
+    AutoConfig,
+    AutoModelForImageClassification,
+    AutoModelForSequenceClassification,
+    PreTrainedModel,
+)
 from transformers.utils import logging as transformers_logging
-from transformers import AutoConfig, AutoModelForImageClassification, AutoModelForSequenceClassification, PreTrainedModel
 
-from .members import image_member_config, member_name, text_member_config
-from .inputs import accepted_inputs, keep_accepted
 from .configuration_misleader import checked_output_defense
-from .objectives import derangement
+from .inputs import accepted_inputs, keep_accepted
+from .members import image_member_config, member_name, text_member_config
 from .modeling_misleader import MisleaderEnsembleForImageClassification, MisleaderEnsembleForSequenceClassification
+from .objectives import derangement
 from .trainer import TEACHER_LOGITS_COLUMN, MisleaderTrainer
 from .training_args import MisleaderTrainingArguments
+
+logger = transformers_logging.get_logger(__name__)
 
 DEFAULT_MEMBERS = ("resnet-tiny", "mobilenet_v2-tiny", "convnext-tiny")
 DEFAULT_TEXT_MEMBERS = ("bert-tiny", "distilbert-tiny", "bert-small")
@@ -197,12 +204,14 @@ def defend(
     teacher_device = next(teacher.parameters()).device
     teacher_trainable = [parameter.requires_grad for parameter in teacher.parameters()]
     try:
+        teacher_accuracy = validation_accuracy(teacher, eval_dataset) if eval_dataset is not None else None
         students, records = [], []
         for index, member in enumerate(members):
             student, record = _train_member(
                 teacher, auto_class.from_config(member_configs[index]), auto_class.from_config(attacker_configs[index]),
                 member_args[index], train_dataset, eval_dataset, attacker_dataset, callbacks, class_permutation,
             )
+            _warn_if_weak(index, member_name(member), record, teacher_accuracy, member_args[index])
             students.append(student)
             records.append({"name": member_name(member), **record, **member_hyperparameters[index]})
     finally:
@@ -238,6 +247,34 @@ def with_teacher_logits(teacher, dataset: Dataset, batch_size: int = 64) -> Data
     dataset = dataset.add_column(TEACHER_LOGITS_COLUMN, torch.cat(logits).tolist())
     dataset.set_format("torch", columns=[*columns, TEACHER_LOGITS_COLUMN])
     return dataset
+
+
+@torch.no_grad()
+def validation_accuracy(model, dataset: Dataset, batch_size: int = 256) -> float:
+    """Top-1 accuracy of `model` on a processed, labelled `dataset` (eval mode, on the model's device)."""
+    model.eval()
+    device = next(model.parameters()).device
+    inputs = [name for name in dataset.format["columns"] if name not in ("label", TEACHER_LOGITS_COLUMN)]
+    accepted, correct = accepted_inputs(model), 0
+    for start in range(0, len(dataset), batch_size):
+        rows = dataset[start : start + batch_size]
+        batch = keep_accepted({name: torch.as_tensor(rows[name]).to(device) for name in inputs}, accepted)
+        correct += (model(**batch).logits.argmax(-1).cpu() == torch.as_tensor(rows["label"])).sum().item()
+    return correct / len(dataset)
+
+
+def _warn_if_weak(index, name, record, teacher_accuracy, args):
+    """A member that never learnt (e.g. collapsed from its first epoch, which the trainer's relative guard cannot see)
+    is named, with the likely cause, instead of silently weakening the ensemble."""
+    accuracy = record.get("validation_accuracy")
+    if accuracy is None or teacher_accuracy is None or not args.divergence_accuracy_ratio:
+        return
+    if accuracy < args.divergence_accuracy_ratio * teacher_accuracy:
+        logger.warning(
+            f"Member {index} ({name}) reached {accuracy:.1%} validation accuracy against the teacher's "
+            f"{teacher_accuracy:.1%}: its objective term likely overpowers distillation. Lower misleader_lambda "
+            f"(now {args.misleader_lambda}) or raise alpha * temperature^2 (now {args.alpha * args.temperature ** 2:g})."
+        )
 
 
 def _member_args(args, index, name, hyper):

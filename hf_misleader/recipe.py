@@ -23,8 +23,7 @@ from transformers import (
 )
 
 from . import data as builtin_data
-from .defend import defend
-from .inputs import accepted_inputs, as_input_dict, keep_accepted, num_rows, select_rows
+from .defend import defend, validation_accuracy
 from .members import IMAGE_PRESETS, build_image_member
 from .trainer import accuracy_metric
 from .training_args import MisleaderTrainingArguments
@@ -50,11 +49,15 @@ class DefendArguments:
     task: str = field(default="image", metadata={"help": f"One of {TASKS}."})
     teacher_name_or_path: str = field(
         default=None,
-        metadata={"help": "The classifier to defend: a saved model folder (with its processor or tokenizer). With "
-                          "teacher_epochs > 0 also an image member preset (e.g. resnet-small) or all-MiniLM-L6-v2, "
-                          "trained or fine-tuned first."},
+        metadata={
+            "help": "The classifier to defend: a saved model folder (with its processor or tokenizer). With "
+            "teacher_epochs > 0 also an image member preset (e.g. resnet-small) or all-MiniLM-L6-v2, "
+            "trained or fine-tuned first."
+        },
     )
-    teacher_epochs: float = field(default=0, metadata={"help": "Train/fine-tune the teacher first for this many epochs."})
+    teacher_epochs: float = field(
+        default=0, metadata={"help": "Train/fine-tune the teacher first for this many epochs."}
+    )
     teacher_learning_rate: float = field(default=2e-3, metadata={"help": "Learning rate of that teacher training."})
     dataset_name: str = field(
         default="mnist-5k",
@@ -65,7 +68,9 @@ class DefendArguments:
     label_column: str = field(default="label", metadata={"help": "Column of the integer class labels."})
     train_size: int = field(default=2200, metadata={"help": "Training examples (a seeded split of the data set)."})
     validation_size: int = field(default=300, metadata={"help": "Validation examples (model selection only)."})
-    split_seed: int = field(default=0, metadata={"help": "Seed of the train/validation split (fixed across training seeds)."})
+    split_seed: int = field(
+        default=0, metadata={"help": "Seed of the train/validation split (fixed across training seeds)."}
+    )
     image_size: int = field(default=28, metadata={"help": "Image side when the teacher is built from a preset."})
     max_length: int = field(default=48, metadata={"help": "Tokens per text (padded and truncated)."})
     members: Optional[list[str]] = field(default=None, metadata={"help": "Member presets (default: defend()'s)."})
@@ -77,13 +82,17 @@ class DefendArguments:
         default=None, metadata={"help": 'Served output transform as JSON, e.g. {"name": "reverse_sigmoid"}.'}
     )
     precompute_teacher_logits: bool = field(default=False, metadata={"help": "Run the teacher once over the data."})
-    save_directory: Optional[str] = field(default=None, metadata={"help": "Where the ensemble goes (default: OUTPUT_DIR/defended-model)."})
+    save_directory: Optional[str] = field(
+        default=None, metadata={"help": "Where the ensemble goes (default: OUTPUT_DIR/defended-model)."}
+    )
 
     def __post_init__(self):
         if self.task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {self.task!r}.")
         if not self.teacher_name_or_path:
-            raise ValueError("teacher_name_or_path is required: a saved classifier folder, or a preset with teacher_epochs > 0.")
+            raise ValueError(
+                "teacher_name_or_path is required: a saved classifier folder, or a preset with teacher_epochs > 0."
+            )
         for name in ("train_size", "validation_size", "image_size", "max_length", "attacker_pool_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -124,14 +133,17 @@ def _load_dataset(name, task, **loader_options) -> Dataset:
         return loader(**loader_options)
     if os.path.isdir(name):
         return load_from_disk(name)
-    raise ValueError(f"Unknown data set {name!r}: use one of {sorted(BUILTIN_DATASETS)} or a folder saved with "
-                     "Dataset.save_to_disk.")
+    raise ValueError(
+        f"Unknown data set {name!r}: use one of {sorted(BUILTIN_DATASETS)} or a folder saved with Dataset.save_to_disk."
+    )
 
 
 def _prepare(dataset, task, processor, arguments) -> Dataset:
     if task == "image":
         return builtin_data.prepare_image_dataset(dataset, processor, image_column=arguments.image_column)
-    return builtin_data.prepare_text_dataset(dataset, processor, arguments.max_length, text_column=arguments.text_column)
+    return builtin_data.prepare_text_dataset(
+        dataset, processor, arguments.max_length, text_column=arguments.text_column
+    )
 
 
 def _build_teacher(arguments, raw_train, seed):
@@ -141,8 +153,9 @@ def _build_teacher(arguments, raw_train, seed):
         if not arguments.teacher_epochs:
             raise ValueError(f"{name} is an untrained preset: set teacher_epochs > 0 to train it first.")
         size = arguments.image_size
-        processor = ViTImageProcessorPil(do_resize=True, size={"height": size, "width": size},
-                                         image_mean=[0.5] * 3, image_std=[0.5] * 3)
+        processor = ViTImageProcessorPil(
+            do_resize=True, size={"height": size, "width": size}, image_mean=[0.5] * 3, image_std=[0.5] * 3
+        )
         names = getattr(raw_train.features["label"], "names", None)
         id2label = dict(enumerate(names)) if names else None
         torch.manual_seed(seed)
@@ -161,15 +174,30 @@ def _build_teacher(arguments, raw_train, seed):
 def _train_teacher(teacher, data, arguments, training_args):
     """Train or fine-tune the teacher with the stock Trainer (selected on validation), under the same launcher."""
     stock = TrainingArguments(
-        output_dir=os.path.join(training_args.output_dir, "teacher"), num_train_epochs=arguments.teacher_epochs,
-        learning_rate=arguments.teacher_learning_rate, per_device_train_batch_size=training_args.per_device_train_batch_size,
-        per_device_eval_batch_size=training_args.per_device_eval_batch_size, eval_strategy="epoch",
-        save_strategy="epoch", save_total_limit=1, load_best_model_at_end=True, metric_for_best_model="accuracy",
-        logging_strategy="epoch", report_to="none", seed=training_args.seed, disable_tqdm=training_args.disable_tqdm,
-        use_cpu=training_args.use_cpu, dataloader_num_workers=training_args.dataloader_num_workers,
+        output_dir=os.path.join(training_args.output_dir, "teacher"),
+        num_train_epochs=arguments.teacher_epochs,
+        learning_rate=arguments.teacher_learning_rate,
+        per_device_train_batch_size=training_args.per_device_train_batch_size,
+        per_device_eval_batch_size=training_args.per_device_eval_batch_size,
+        eval_strategy="epoch",
+        save_strategy="epoch",
+        save_total_limit=1,
+        load_best_model_at_end=True,
+        metric_for_best_model="accuracy",
+        logging_strategy="epoch",
+        report_to="none",
+        seed=training_args.seed,
+        disable_tqdm=training_args.disable_tqdm,
+        use_cpu=training_args.use_cpu,
+        dataloader_num_workers=training_args.dataloader_num_workers,
     )
-    trainer = Trainer(model=teacher, args=stock, train_dataset=data["train"], eval_dataset=data["validation"],
-                      compute_metrics=accuracy_metric)
+    trainer = Trainer(
+        model=teacher,
+        args=stock,
+        train_dataset=data["train"],
+        eval_dataset=data["validation"],
+        compute_metrics=accuracy_metric,
+    )
     trainer.train()
     return trainer.model.eval()
 
@@ -181,7 +209,9 @@ def _attacker_pool(arguments, processor, seed):
     size = arguments.attacker_pool_size
     if name == "random-words":
         lengths = torch.randint(4, 30, (size,), generator=torch.Generator().manual_seed(seed)).tolist()
-        pool = Dataset.from_dict({"text": builtin_data.random_word_texts(processor, lengths, seed), "label": [0] * size})
+        pool = Dataset.from_dict(
+            {"text": builtin_data.random_word_texts(processor, lengths, seed), "label": [0] * size}
+        )
     elif name == "fortunes":
         pool = builtin_data.load_fortunes()
     elif name == "sklearn-digits":
@@ -189,24 +219,13 @@ def _attacker_pool(arguments, processor, seed):
     elif name in BUILTIN_DATASETS or os.path.isdir(name):
         pool = _load_dataset(name, arguments.task)
     else:
-        raise ValueError(f"Unknown attacker_pool {name!r}: use one of {BUILTIN_POOLS[arguments.task]} or a saved folder.")
+        raise ValueError(
+            f"Unknown attacker_pool {name!r}: use one of {BUILTIN_POOLS[arguments.task]} or a saved folder."
+        )
     pool = pool.shuffle(seed=seed).select(range(min(size, len(pool))))
     if "label" not in pool.column_names:
         pool = pool.add_column("label", [0] * len(pool))
     return _prepare(pool, arguments.task, processor, arguments).remove_columns("label")
-
-
-@torch.no_grad()
-def validation_accuracy(model, dataset, batch_size=256) -> float:
-    model.eval()
-    device = next(model.parameters()).device
-    inputs = keep_accepted(as_input_dict({k: v for k, v in dataset[:].items() if k != "label"}), accepted_inputs(model))
-    correct = 0
-    for start in range(0, num_rows(inputs), batch_size):
-        batch = select_rows(inputs, slice(start, start + batch_size))
-        predictions = model(**{k: v.to(device) for k, v in batch.items()}).logits.argmax(-1).cpu()
-        correct += (predictions == dataset[start:start + batch_size]["label"]).sum().item()
-    return correct / len(dataset)
 
 
 def run_recipe(arguments: DefendArguments, training_args: MisleaderTrainingArguments) -> Path:
@@ -220,10 +239,12 @@ def run_recipe(arguments: DefendArguments, training_args: MisleaderTrainingArgum
         raw = raw.rename_column(arguments.label_column, "label")
     needed = arguments.train_size + arguments.validation_size
     if needed > len(raw):
-        raise ValueError(f"train_size + validation_size = {needed} is more than the {len(raw)} rows of "
-                         f"{arguments.dataset_name}.")
+        raise ValueError(
+            f"train_size + validation_size = {needed} is more than the {len(raw)} rows of {arguments.dataset_name}."
+        )
     splits = builtin_data.split_for_extraction(
-        raw, {"train": arguments.train_size, "validation": arguments.validation_size}, seed=arguments.split_seed)
+        raw, {"train": arguments.train_size, "validation": arguments.validation_size}, seed=arguments.split_seed
+    )
     teacher, processor = _build_teacher(arguments, splits["train"], seed)
     data = {name: _prepare(split, arguments.task, processor, arguments) for name, split in splits.items()}
     if arguments.teacher_epochs:
@@ -232,10 +253,18 @@ def run_recipe(arguments: DefendArguments, training_args: MisleaderTrainingArgum
             teacher.save_pretrained(os.path.join(training_args.output_dir, "teacher-model"))
             processor.save_pretrained(os.path.join(training_args.output_dir, "teacher-model"))
     pool = _attacker_pool(arguments, processor, seed)
-    output_defense = json.loads(arguments.output_defense) if isinstance(arguments.output_defense, str) else arguments.output_defense
+    output_defense = (
+        json.loads(arguments.output_defense) if isinstance(arguments.output_defense, str) else arguments.output_defense
+    )
     defended = defend(
-        teacher, data["train"], members=arguments.members, eval_dataset=data["validation"], attacker_dataset=pool,
-        args=training_args, precompute_teacher_logits=arguments.precompute_teacher_logits, output_defense=output_defense,
+        teacher,
+        data["train"],
+        members=arguments.members,
+        eval_dataset=data["validation"],
+        attacker_dataset=pool,
+        args=training_args,
+        precompute_teacher_logits=arguments.precompute_teacher_logits,
+        output_defense=output_defense,
     )
     defended.config.teacher_name_or_path = arguments.teacher_name_or_path
     save_directory = Path(arguments.save_directory or os.path.join(training_args.output_dir, "defended-model"))
@@ -245,12 +274,15 @@ def run_recipe(arguments: DefendArguments, training_args: MisleaderTrainingArgum
         summary = {
             "teacher_validation_accuracy": validation_accuracy(teacher.cpu(), data["validation"]),
             "defended_validation_accuracy": validation_accuracy(defended, data["validation"]),
-            "members": defended.config.member_names, "objective": defended.config.objective,
+            "members": defended.config.member_names,
+            "objective": defended.config.objective,
             "processes": training_args.world_size,
         }
         (save_directory / "defence_summary.json").write_text(json.dumps(summary, indent=2))
-        print(f"teacher validation accuracy {summary['teacher_validation_accuracy']:.1%}, defended "
-              f"{summary['defended_validation_accuracy']:.1%}; saved to {save_directory}/")
+        print(
+            f"teacher validation accuracy {summary['teacher_validation_accuracy']:.1%}, defended "
+            f"{summary['defended_validation_accuracy']:.1%}; saved to {save_directory}/"
+        )
     return save_directory
 
 

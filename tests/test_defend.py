@@ -268,3 +268,21 @@ def test_defend_composes_an_output_defense(tmp_path, digits):
     defended = defend(build_member("resnet-tiny"), digits["train"], members=["resnet-tiny"], args=tiny_args(tmp_path),
                       output_defense={"name": "reverse_sigmoid", "beta": 0.7, "gamma": 0.4})
     assert defended.config.output_defense == {"name": "reverse_sigmoid", "beta": 0.7, "gamma": 0.4}
+
+
+def test_a_member_that_never_learnt_is_named_with_its_likely_cause(caplog):
+    from transformers.utils import logging as transformers_logging
+
+    from hf_misleader.defend import _warn_if_weak
+
+    args = MisleaderTrainingArguments(output_dir="unused", objective="unrolled", report_to="none")
+    transformers_logging.enable_propagation()
+    try:
+        with caplog.at_level("WARNING"):
+            _warn_if_weak(2, "convnext-tiny", {"validation_accuracy": 0.113}, 0.99, args)
+            _warn_if_weak(0, "resnet-tiny", {"validation_accuracy": 0.96}, 0.99, args)
+    finally:
+        transformers_logging.disable_propagation()
+    assert len(caplog.records) == 1
+    message = caplog.records[0].getMessage()
+    assert "Member 2 (convnext-tiny) reached 11.3%" in message and "misleader_lambda (now 1.0)" in message
