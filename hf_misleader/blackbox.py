@@ -5,8 +5,8 @@ import threading
 import torch
 from transformers import Pipeline
 
-from .defenses import build_defense, classifier_logits
-from .inputs import accepted_inputs, as_input_dict, num_rows, select_rows
+from .defenses import build_defense
+from .inputs import accepted_inputs, as_input_dict, classifier_logits, num_rows, select_rows
 from .pipeline_misleader import QueryBudgetExceeded  # one exception for every budget, served or simulated
 
 OUTPUT_MODES = ("probabilities", "top_k", "label")

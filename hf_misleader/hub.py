@@ -15,7 +15,9 @@ from huggingface_hub import CommitOperationAdd, HfApi, get_token
 from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError
 from transformers.dynamic_module_utils import get_relative_import_files
 
-from .model_card import merge_model_cards, render_benchmark_card, render_model_card, results_from_config
+from .benchmark_card import render_benchmark_card
+from .card_merge import merge_model_cards
+from .model_card import render_model_card, results_from_config
 
 logger = logging.getLogger(__name__)
 
@@ -283,7 +285,7 @@ def push_to_hub(
     plot(s) and hf-misleader's model card.
 
     A `README.md` already in the repo is updated, not overwritten (see
-    [`~hf_misleader.model_card.merge_model_cards`]): the generated section is replaced, the owner's text around it and
+    [`~hf_misleader.card_merge.merge_model_cards`]): the generated section is replaced, the owner's text around it and
     their metadata are kept. Network errors and the Hub's 5xx answers are retried with exponential backoff.
 
     Args:

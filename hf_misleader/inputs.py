@@ -1,4 +1,7 @@
-"""Model inputs as either a tensor of `pixel_values` or a dict of tensors (`input_ids`, `attention_mask`, ...)."""
+"""
+Model inputs as either a tensor of `pixel_values` or a dict of tensors (`input_ids`, `attention_mask`, ...), and
+running a classifier module on them.
+"""
 
 import inspect
 
@@ -51,3 +54,32 @@ def concat_rows(first: dict, second: dict) -> dict:
             a, b = (torch.nn.functional.pad(t, (0, width - t.shape[1])) for t in (a, b))
         joined[name] = torch.cat([a, b.to(a.dtype)])
     return joined
+
+
+def classifier_logits(model: torch.nn.Module, inputs, accepted=None) -> torch.Tensor:
+    """
+    A classifier module's `(n, C)` logits on a batch of query inputs (a tensor of `pixel_values` or a dict of
+    tensors), on the model's device. Inputs `model.forward` does not name are dropped (`accepted`: the names it
+    takes, if known); a bare module with a `forward(x)` gets the one input tensor. Outputs with `logits` and bare
+    logits tensors are both accepted.
+    """
+    batch = as_input_dict(inputs)
+    parameter = next(model.parameters(), None)
+    device = parameter.device if parameter is not None else torch.device("cpu")
+    named = keep_accepted(batch, accepted_inputs(model) if accepted is None else accepted)
+    if named:
+        output = model(**{name: value.to(device) for name, value in named.items()})
+    elif len(batch) == 1:
+        output = model(next(iter(batch.values())).to(device))
+    else:
+        raise ValueError(f"The model takes none of the inputs {sorted(batch)}.")
+    logits = output if torch.is_tensor(output) else output.logits
+    if logits.dim() != 2 or len(logits) != num_rows(batch):
+        raise ValueError(f"A classifier answers (batch, num_labels) logits, got shape {tuple(logits.shape)}.")
+    return logits
+
+
+def model_probabilities(model: torch.nn.Module, inputs) -> torch.Tensor:
+    """The float64 softmax of a classifier module's logits on a batch of query inputs."""
+    with torch.no_grad():
+        return torch.softmax(classifier_logits(model, inputs).double(), dim=-1)

@@ -503,7 +503,8 @@ class MisleaderTrainer(Trainer):
         """
         if not self.is_world_process_zero():
             return
-        from .model_card import merge_model_cards, render_student_card, student_card_facts
+        from .card_merge import merge_model_cards
+        from .student_card import render_student_card, student_card_facts
 
         datasets = [dataset] if isinstance(dataset, str) else list(dataset or [])
         model_id = self.hub_model_id or self.args.hub_model_id or model_name or os.path.basename(

@@ -6,7 +6,8 @@ import json
 import pytest
 import torch
 
-from hf_misleader.defenses import DEFENSES, OutputDefense, build_defense, gradient_deviation
+from hf_misleader.defenses import DEFENSES, OutputDefense, build_defense
+from hf_misleader.prediction_poisoning import gradient_deviation
 
 from .conftest import NUM_LABELS, build_member
 
@@ -242,7 +243,7 @@ def test_mad_picks_the_most_deviating_vertex_within_the_budget(surrogate, images
 
 
 def test_mad_argmax_search_matches_brute_force(surrogate):
-    from hf_misleader.defenses import best_poisoned_target
+    from hf_misleader.prediction_poisoning import best_poisoned_target
 
     generator = torch.Generator().manual_seed(0)
     probabilities = torch.softmax(torch.randn(6, 5, generator=generator).double() * 2, -1)

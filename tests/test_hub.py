@@ -17,8 +17,9 @@ from huggingface_hub import DatasetCard, ModelCard
 
 from hf_misleader import MisleaderEnsembleForImageClassification
 from hf_misleader import hub as hub_module
+from hf_misleader.card_merge import BEGIN_MARKER, END_MARKER, merge_model_cards
 from hf_misleader.hub import HubPushError, MissingHubTokenError, add_push_command, push_benchmark_to_hub, push_to_hub
-from hf_misleader.model_card import BEGIN_MARKER, END_MARKER, merge_model_cards, render_model_card
+from hf_misleader.model_card import render_model_card
 
 from .conftest import ID2LABEL, NUM_LABELS, build_member, make_processor
 from .hub_server import HubServer
