@@ -12,9 +12,10 @@ from matplotlib.figure import Figure
 from .schema import WORST_CASE
 
 
-def _served_name(row) -> str:
+def _served_name(row) -> tuple[str, str]:
+    """(victim, defence): a defence listed twice with other parameters keeps its parameters in the name."""
     defense = row["defense"] if row["defense_params"] == "{}" else f"{row['defense']} {row['defense_params']}"
-    return f"{row['victim']} + {defense}"
+    return row["victim"], defense
 
 
 def strongest_attacker(rows: list[dict]) -> dict:
@@ -34,21 +35,53 @@ def strongest_attacker(rows: list[dict]) -> dict:
             for key, seeds in per_seed.items()}
 
 
-def _figure(pools, title):
-    figure = Figure(figsize=(5.5 * len(pools) + 1, 5), layout="constrained")
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "h", "<", ">")
+LINESTYLES = ("-", "--", ":", "-.")
+
+
+class _Styles:
+    """One colour per defence and one marker (and line style) per victim, so that a reader can find any served
+    model in a crowded panel from a short two-part legend instead of a label per point."""
+
+    def __init__(self, served):
+        defenses = list(dict.fromkeys(defense for _, defense in served))
+        victims = list(dict.fromkeys(victim for victim, _ in served))
+        self.colours = {d: f"C{i % 10}" for i, d in enumerate(defenses)}
+        self.markers = {v: MARKERS[i % len(MARKERS)] for i, v in enumerate(victims)}
+        self.lines = {v: LINESTYLES[i % len(LINESTYLES)] for i, v in enumerate(victims)}
+
+    def of(self, served):
+        victim, defense = served
+        return {"color": self.colours[defense], "marker": self.markers[victim]}
+
+    def legend_handles(self):
+        from matplotlib.lines import Line2D
+
+        handles = [Line2D([], [], color=colour, marker="o", linestyle="", label=_short(defense))
+                   for defense, colour in self.colours.items()]
+        handles += [Line2D([], [], color="0.3", marker=marker, linestyle=self.lines[victim], label=victim)
+                    for victim, marker in self.markers.items()]
+        return handles
+
+
+def _short(defense: str, width: int = 48) -> str:
+    return defense if len(defense) <= width else defense[: width - 1] + "…"
+
+
+def _figure(pools, title, entries):
+    # Room under the panels for the legend, which grows with the number of defences and victims.
+    legend_rows = -(-entries // 4)
+    figure = Figure(figsize=(5.5 * len(pools) + 1, 4.6 + 0.28 * legend_rows), layout="constrained")
     FigureCanvasAgg(figure)
     axes = figure.subplots(1, len(pools), sharey=True, squeeze=False)[0]
     figure.suptitle(title)
     return figure, axes
 
 
-def _save(figure, axes, path):
-    legend = {}
-    for ax in axes:  # one legend under all panels: inside one it would cover what it explains
-        for handle, label in zip(*ax.get_legend_handles_labels()):
-            legend.setdefault(label, handle)
-    if legend:
-        figure.legend(legend.values(), legend.keys(), loc="outside lower center", ncol=3, fontsize="small")
+def _save(figure, styles, path):
+    handles = styles.legend_handles()
+    if handles:  # one legend under all panels: inside one it would cover what it explains
+        figure.legend(handles=handles, loc="outside lower center", ncol=4, fontsize="small", frameon=False)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=120)
@@ -67,18 +100,21 @@ def plot_worst_case_curves(rows: list[dict], path) -> Path:
     """
     points = strongest_attacker(rows)
     pools = list(dict.fromkeys(pool for pool, _, _ in points)) or ["(no runs)"]
-    figure, axes = _figure(pools, "Worst-case clone accuracy against queries: lower is a better defence")
+    styles = _Styles([name for _, name, _ in points])
+    figure, axes = _figure(pools, "Worst-case clone accuracy against queries: lower is a better defence",
+                           len(styles.colours) + len(styles.markers))
     for ax, pool in zip(axes, pools):
         served = list(dict.fromkeys(name for p, name, _ in points if p == pool))
         for name in served:
             budgets = sorted(b for p, n, b in points if p == pool and n == name)
-            ax.plot(budgets, [100 * points[(pool, name, b)][0] for b in budgets], marker="o", label=name)
+            ax.plot(budgets, [100 * points[(pool, name, b)][0] for b in budgets], linestyle=styles.lines[name[0]],
+                    **styles.of(name))
         ax.set_title(f"{pool.replace('_', '-')} queries")
         ax.set_xlabel("queries")
         ax.set_xlim(left=0)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("worst-case clone test accuracy (%)")
-    return _save(figure, axes, path)
+    return _save(figure, styles, path)
 
 
 def plot_utility_vs_extraction(rows: list[dict], path) -> Path:
@@ -92,17 +128,17 @@ def plot_utility_vs_extraction(rows: list[dict], path) -> Path:
     """
     points = strongest_attacker(rows)
     pools = list(dict.fromkeys(pool for pool, _, _ in points)) or ["(no runs)"]
-    figure, axes = _figure(pools, "Utility against extraction at the largest budget: bottom right is best")
+    styles = _Styles([name for _, name, _ in points])
+    figure, axes = _figure(pools, "Utility against extraction at the largest budget: bottom right is best",
+                           len(styles.colours) + len(styles.markers))
     for ax, pool in zip(axes, pools):
         largest = max((b for p, _, b in points if p == pool), default=None)
         for name in dict.fromkeys(n for p, n, b in points if p == pool and b == largest):
             clone, utility = points[(pool, name, largest)]
-            ax.scatter([100 * utility], [100 * clone], label=name, s=40)
-            ax.annotate(name, (100 * utility, 100 * clone), fontsize="x-small", xytext=(4, 4),
-                        textcoords="offset points")
+            ax.scatter([100 * utility], [100 * clone], s=45, alpha=0.85, **styles.of(name))
         ax.set_title(f"{pool.replace('_', '-')} queries, {largest} each")
         ax.set_xlabel("defended test accuracy (%)")
-        ax.margins(0.2)  # room for the labels
+        ax.margins(0.08)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("worst-case clone test accuracy (%)")
-    return _save(figure, axes, path)
+    return _save(figure, styles, path)
