@@ -41,8 +41,8 @@ bench: setup
 	$(MAKE) objectives
 
 # The victims of benchmarks/configs/objectives.yaml: one teacher, then ensembles per objective and student seed.
-OBJECTIVE_VICTIMS := unrolled-seed0 unrolled-seed1 unrolled-seed2 alternating-seed0 misinformation-seed0 \
-    unrolled-lambda0.3-seed0
+OBJECTIVE_VICTIMS := unrolled-seed0 alternating-seed0 misinformation-seed0 \
+    unrolled-lambda0.3-seed0 unrolled-lambda0.3-seed1 unrolled-lambda0.3-seed2
 objectives-victims: setup
 	test -d outputs/issue7/unrolled-seed0/teacher-model || $(BIN)/hf-misleader defend --config benchmarks/configs/victims/teacher.yaml
 	for victim in $(OBJECTIVE_VICTIMS); do $(BIN)/hf-misleader defend --config benchmarks/configs/victims/$$victim.yaml || exit 1; done
