@@ -68,6 +68,9 @@ def main(argv=None) -> int:
     except (ValueError, ImportError, OSError) as error:
         print(f"hf-misleader {arguments.command}: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # what was finished is on disk (a benchmark resumes from it); no traceback
+        print(f"\nhf-misleader {arguments.command}: interrupted.", file=sys.stderr)
+        return 130
     return 0
 
 

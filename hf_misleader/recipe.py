@@ -2,14 +2,18 @@
 YAML (or command-line) arguments in, a saved defended ensemble out. Runs as one process or under `accelerate launch`
 / `torchrun` (every process runs it; the stock Trainer shards the batches, only the main process writes)."""
 
+import dataclasses
+import difflib
 import json
 import os
 import sys
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 import torch
+import yaml
 from datasets import Dataset, load_from_disk
 from transformers import (
     AutoImageProcessor,
@@ -23,8 +27,9 @@ from transformers import (
 )
 
 from . import data as builtin_data
+from .configuration_misleader import checked_output_defense
 from .defend import defend, validation_accuracy
-from .members import IMAGE_PRESETS, build_image_member
+from .members import IMAGE_PRESETS, build_image_member, list_presets
 from .trainer import accuracy_metric
 from .training_args import MisleaderTrainingArguments
 
@@ -79,7 +84,10 @@ class DefendArguments:
     )
     attacker_pool_size: int = field(default=1500, metadata={"help": "Rows of the surrogate pool used."})
     output_defense: Optional[str] = field(
-        default=None, metadata={"help": 'Served output transform as JSON, e.g. {"name": "reverse_sigmoid"}.'}
+        default=None,
+        metadata={"help": "Output transform the served ensemble applies itself (recorded in its config): "
+                          'reverse_sigmoid, or JSON with its parameters, e.g. {"name": "reverse_sigmoid", "beta": 0.7}. '
+                          "The benchmark's other output defences are served by a BlackBoxAPI, not by the model."},
     )
     precompute_teacher_logits: bool = field(default=False, metadata={"help": "Run the teacher once over the data."})
     save_directory: Optional[str] = field(
@@ -99,11 +107,29 @@ class DefendArguments:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}.")
         if self.teacher_epochs < 0:
             raise ValueError(f"teacher_epochs must be >= 0, got {self.teacher_epochs}.")
-        if isinstance(self.output_defense, str):
-            try:
-                json.loads(self.output_defense)
-            except ValueError as error:
-                raise ValueError(f"output_defense must be JSON, got {self.output_defense!r}: {error}") from None
+        self.output_defense = _output_defense(self.output_defense)
+        if self.members is not None:
+            known = list_presets(self.task)
+            if not self.members or any(member not in known for member in self.members):
+                raise ValueError(f"members must be a non-empty list of {self.task} presets {known}, got {self.members}.")
+        pools = BUILTIN_POOLS[self.task]
+        if self.attacker_pool is not None and self.attacker_pool not in pools and not os.path.isdir(self.attacker_pool):
+            raise ValueError(f"attacker_pool must be one of {pools} or a saved data set folder, got {self.attacker_pool!r}.")
+
+
+def _output_defense(value):
+    """The served output transform as a dict (from a name, a mapping or JSON text), checked now, or None."""
+    if value is None or isinstance(value, dict):
+        return checked_output_defense(value)
+    text = str(value).strip()
+    if text.startswith("{"):
+        try:
+            value = json.loads(text)
+        except ValueError as error:
+            raise ValueError(f"output_defense must be a name or a JSON object, got {text!r}: {error}") from None
+    else:
+        value = {"name": text}
+    return checked_output_defense(value)
 
 
 def parse_arguments(argv=None) -> tuple[DefendArguments, MisleaderTrainingArguments]:
@@ -116,13 +142,49 @@ def parse_arguments(argv=None) -> tuple[DefendArguments, MisleaderTrainingArgume
 
 
 def load_config(path) -> tuple[DefendArguments, MisleaderTrainingArguments]:
-    """Parse a recipe config file; unknown keys are an error (a typo must not silently fall back to a default)."""
+    """Parse a recipe config file (YAML or JSON mapping). Unknown keys are an error (a typo must not silently fall back
+    to a default), and so are values of the wrong type, before anything runs."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"No config file at {path}.")
+    text = Path(path).read_text()
+    try:
+        config = json.loads(text) if str(path).endswith(".json") else yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError) as error:
+        reason = " ".join(str(error).split())
+        raise ValueError(f"{path} is not valid {'JSON' if str(path).endswith('.json') else 'YAML'}: {reason}") from None
+    if not isinstance(config, dict) or not config:
+        raise ValueError(f"{path} must hold a mapping of argument names to values, got {type(config).__name__}.")
+    fields = _field_types()
+    unknown = [key for key in config if key not in fields]
+    if unknown:
+        hints = [f"{key!r} (did you mean {close[0]!r}?)" if (close := difflib.get_close_matches(key, fields, 1)) else
+                 repr(key) for key in unknown]
+        raise ValueError(f"{path}: unknown argument(s) {', '.join(hints)}.")
+    config = {key: _as_field_type(key, value, fields[key]) for key, value in config.items()}
     parser = HfArgumentParser((DefendArguments, MisleaderTrainingArguments))
-    if str(path).endswith(".json"):
-        return tuple(parser.parse_json_file(path, allow_extra_keys=False))
-    return tuple(parser.parse_yaml_file(path, allow_extra_keys=False))
+    return tuple(parser.parse_dict(config, allow_extra_keys=False))
+
+
+def _field_types() -> dict:
+    types = {}
+    for cls in (DefendArguments, MisleaderTrainingArguments):
+        hints = typing.get_type_hints(cls)
+        types.update({f.name: hints.get(f.name) for f in dataclasses.fields(cls) if f.init})
+    return types
+
+
+def _as_field_type(name, value, annotation):
+    """YAML reads `2e-3` as text and a user may write "8" for a number: convert what is meant to be a number, and name
+    the field when it is not one (the optimizer would otherwise fail deep inside torch, after the teacher trained)."""
+    wanted = [t for t in (typing.get_args(annotation) or (annotation,)) if t in (int, float)]
+    if not wanted or not isinstance(value, str) or isinstance(value, bool):
+        return value
+    for kind in (int, float) if int in wanted else (float,):
+        try:
+            return kind(value)
+        except ValueError:
+            continue
+    raise ValueError(f"{name} must be a number, got the text {value!r}.")
 
 
 def _load_dataset(name, task, **loader_options) -> Dataset:
@@ -253,9 +315,7 @@ def run_recipe(arguments: DefendArguments, training_args: MisleaderTrainingArgum
             teacher.save_pretrained(os.path.join(training_args.output_dir, "teacher-model"))
             processor.save_pretrained(os.path.join(training_args.output_dir, "teacher-model"))
     pool = _attacker_pool(arguments, processor, seed)
-    output_defense = (
-        json.loads(arguments.output_defense) if isinstance(arguments.output_defense, str) else arguments.output_defense
-    )
+    output_defense = arguments.output_defense
     defended = defend(
         teacher,
         data["train"],

@@ -46,14 +46,51 @@ def test_shipped_configs_parse(name):
 
 
 def test_unknown_key_is_an_error_not_a_silent_default(tmp_path):
-    with pytest.raises(ValueError, match="misleader_lamda"):
+    with pytest.raises(ValueError, match="'misleader_lamda' \\(did you mean 'misleader_lambda'\\?\\)"):
         load_config(write_config(tmp_path, misleader_lamda=0.5))
+
+
+def test_numbers_yaml_reads_as_text_are_numbers(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text(write_config(tmp_path).read_text() + "learning_rate: 2e-3\nteacher_epochs: '1'\n")
+    arguments, training_args = load_config(path)
+    assert training_args.learning_rate == 0.002 and arguments.teacher_epochs == 1
+    path.write_text(write_config(tmp_path).read_text() + "num_train_epochs: one\n")
+    with pytest.raises(ValueError, match="num_train_epochs must be a number, got the text 'one'"):
+        load_config(path)
+
+
+@pytest.mark.parametrize("text, message", [("", "must hold a mapping"), ("- task: image\n", "must hold a mapping"),
+                                           ("members: [a: b\n", "is not valid YAML")])
+def test_malformed_files_are_one_line_errors(tmp_path, text, message):
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=message):
+        load_config(path)
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [({"members": ["resnet-huge"]}, "members must be a non-empty list of image presets"),
+     ({"members": []}, "members must be a non-empty list"), ({"members": ["bert-tiny"]}, "image presets"),
+     ({"attacker_pool": "cifar"}, "attacker_pool must be one of"), ({"output_defense": "top1"}, "output_defense")],
+)
+def test_what_defend_would_refuse_is_refused_before_the_teacher_trains(tmp_path, changes, message):
+    with pytest.raises(ValueError, match=message):
+        load_config(write_config(tmp_path, **changes))
+
+
+def test_output_defense_by_name_or_mapping(tmp_path):
+    arguments, _ = load_config(write_config(tmp_path, output_defense="reverse_sigmoid"))
+    assert arguments.output_defense == {"name": "reverse_sigmoid"}
+    arguments, _ = load_config(write_config(tmp_path, output_defense={"name": "reverse_sigmoid", "beta": 0.5}))
+    assert arguments.output_defense == {"name": "reverse_sigmoid", "beta": 0.5}
 
 
 @pytest.mark.parametrize(
     "changes, message",
     [({"task": "audio"}, "task must be one of"), ({"train_size": 0}, "train_size must be a positive integer"),
-     ({"output_defense": "{not json"}, "output_defense must be JSON"), ({"misleader_lambda": -1}, "misleader_lambda")],
+     ({"output_defense": "{not json"}, "output_defense must be a name or a JSON object"), ({"misleader_lambda": -1}, "misleader_lambda")],
 )
 def test_bad_values_are_named(tmp_path, changes, message):
     with pytest.raises(ValueError, match=message):
