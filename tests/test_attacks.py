@@ -207,6 +207,61 @@ def test_jbda_queries_synthetic_steps_from_its_seed_set(toy):
     assert torch.allclose(distances, torch.full_like(distances, 0.2), atol=1e-5)
 
 
+class BatchNormClone(nn.Module):
+    """Conv + BatchNorm2d + pool + Linear: batch norm refuses to train on a batch of one row."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                                 nn.Flatten(), nn.Linear(8, NUM_LABELS))
+
+    def forward(self, pixel_values):
+        return ImageClassifierOutput(logits=self.net(pixel_values))
+
+
+@pytest.mark.parametrize("name, budget, labels", [("knockoff", 1, "soft"), ("knockoff", 1, "label_only"),
+                                                  ("jbda", 50, "label_only"), ("jbda", 2, "soft")])
+def test_batch_norm_clones_train_on_the_smallest_budgets(toy, name, budget, labels):
+    """A single answered row is repeated to a batch of two, and JBDA's seed set never drops below two inputs."""
+    seen = []
+
+    class Recording(ToyImageClassifier):
+        def forward(self, pixel_values):
+            seen.append(len(pixel_values))
+            return toy["victim"](pixel_values=pixel_values)
+
+    api = BlackBoxAPI(Recording(), budget=budget, output="probabilities" if labels == "soft" else "label")
+    clone, history = ATTACKS[name].run(api, budget, pool=toy["pool"], build_clone=BatchNormClone, labels=labels,
+                                       progress=False, **TINY_TRAINING)
+    assert api.queries_used == budget and sum(seen) == budget
+    assert [entry["queries"] for entry in history] == [budget]
+    assert_finite(clone)
+    if name == "jbda":
+        assert seen[0] == 2  # budget 50 at the default 6 rounds: 5 rounds from a seed set of 2
+        assert seen == ([2, 2, 4, 8, 16, 18] if budget == 50 else [2])
+
+
+@pytest.mark.parametrize("rows, batch_size", [(1, 16), (2, 16), (17, 16), (33, 16), (5, 1)])
+def test_train_clone_never_trains_on_a_batch_of_one(rows, batch_size):
+    from hf_misleader.attacks.training import train_clone
+
+    sizes = []
+    clone = BatchNormClone()
+    clone.register_forward_pre_hook(lambda module, args, kwargs: sizes.append(len(kwargs["pixel_values"])),
+                                    with_kwargs=True)
+    inputs = torch.randn(rows, 1, 8, 8)
+    answers = torch.softmax(torch.randn(rows, NUM_LABELS), -1)
+    train_clone(clone, inputs, answers, epochs=3, min_steps=5, batch_size=batch_size)
+    assert sizes and min(sizes) >= 2
+
+
+def test_jbda_seed_set_is_never_smaller_than_two(toy):
+    api = BlackBoxAPI(toy["victim"], budget=3)
+    ATTACKS["jbda"].run(api, 3, pool=toy["pool"], build_clone=BatchNormClone, rounds=6, progress=False,
+                        **TINY_TRAINING)
+    assert api.queries_used == 3
+
+
 def test_jacobian_step_follows_the_answered_class(toy):
     images, classes = toy["pool"][:8], torch.arange(8)
     moved = jacobian_step(toy["victim"], images, classes, 0.05)

@@ -210,6 +210,23 @@ def test_invalid_config_names_the_bad_key(config, message, tmp_path):
     assert not (tmp_path / "never").exists()  # checked before anything is written or run
 
 
+@pytest.mark.parametrize("path, text, message", [
+    (["teacher", "learning_rate"], "3e-3",
+     r"teacher\.learning_rate: expected a positive number, got the text '3e-3' \(YAML reads 3e-3 as a string: "
+     r"write 3\.0e-3\)"),
+    (["clone", "training", "learning_rate"], "1e3", r"clone\.training\.learning_rate: .*write 1\.0e\+3\)"),
+    (["teacher", "epochs"], "1e1", r"teacher\.epochs: expected an integer >= 1, got the text '1e1' .*write 10\)"),
+    (["teacher", "learning_rate"], "fast", r"teacher\.learning_rate: expected a positive number, got 'fast'\.$"),
+])
+def test_numbers_yaml_reads_as_text_are_explained(path, text, message, tmp_path):
+    """PyYAML reads `3e-3` (no dot, unsigned exponent) as a string: the check says so, and how to write it."""
+    assert yaml.safe_load(f"x: {text}")["x"] == text
+    with pytest.raises(BenchmarkConfigError, match=message):
+        run_benchmark(_with(path, text), tmp_path / "never", progress=False)
+    for advice in ("3.0e-3", "1.0e+3"):  # what the messages advise reads as a number
+        assert isinstance(yaml.safe_load(f"x: {advice}")["x"], float)
+
+
 def test_missing_fashion_mnist_is_a_clear_error(monkeypatch):
     monkeypatch.setattr("hf_misleader.data.FASHION_MNIST_DIR", "/nonexistent/fashion-mnist")
     with pytest.raises(BenchmarkConfigError, match=r"pools\[1\]\.name: .*apt-get install dataset-fashion-mnist"):
@@ -237,7 +254,7 @@ def test_extraction_metric_is_a_local_evaluate_module():
     assert scores == {"clone_accuracy": 0.75, "clone_agreement": 0.75}
 
 
-def test_cli_command(finished, tmp_path, monkeypatch):
+def test_cli_command(finished, tmp_path, monkeypatch, capsys):
     parser = argparse.ArgumentParser(prog="hf-misleader")
     add_benchmark_command(parser.add_subparsers(dest="command", required=True))
     output_dir = tmp_path / "cli"
@@ -253,5 +270,8 @@ def test_cli_command(finished, tmp_path, monkeypatch):
         datasets.enable_progress_bars()
         transformers.utils.logging.enable_progress_bar()
     assert (output_dir / "results.parquet").is_file()
+    printed = capsys.readouterr().out
+    assert f"wrote {output_dir}/" in printed  # --no-progress hides the bars, not the summary
+    assert (output_dir / "summary.md").read_text().split("\n\n", 1)[1].strip() in printed
     with pytest.raises(SystemExit):
         parser.parse_args(["benchmark"])  # --config is required

@@ -16,7 +16,7 @@ from .common import (
     draw_from_pool,
     require_images,
 )
-from .training import fresh_clone, learning_curve, train_clone
+from .training import MIN_BATCH, fresh_clone, learning_curve, train_clone
 
 DESCRIPTION = "JBDA: a small seed set grown round by round along the clone's input gradients (synthetic queries)."
 PAPER = "Papernot et al., Practical Black-Box Attacks against Machine Learning, AsiaCCS 2017"
@@ -58,7 +58,9 @@ def run(api: BlackBoxAPI, budget: int, *, pool, build_clone, labels="soft", roun
             `"soft"` trains on probabilities, `"label_only"` on top-1 labels (the paper's setting).
         rounds (`int`, *optional*, defaults to 6):
             Augmentation rounds the budget is split into: the seed set has `ceil(budget / 2**rounds)` inputs and
-            each round doubles the set (the last one augments a random subset, to land on the budget).
+            each round doubles the set (the last one augments a random subset, to land on the budget). The seed
+            set never has fewer than 2 inputs (the smallest batch a batch-norm clone trains on; 1 for a budget of
+            1): where `budget / 2**rounds` would leave fewer, fewer rounds are run (e.g. 5 for a budget of 50).
         seed_size (`int`, *optional*):
             Overrides the seed set size; rounds then continue until the budget is spent.
         step_size (`float`, *optional*, defaults to 0.1):
@@ -79,7 +81,10 @@ def run(api: BlackBoxAPI, budget: int, *, pool, build_clone, labels="soft", roun
     require_images("JBDA", api, pool)
     checkpoints = check_checkpoints(checkpoints, budget)
     if seed_size is None:
-        seed_size = math.ceil(budget / 2 ** rounds)
+        if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 0:
+            raise ValueError(f"rounds must be a non-negative integer, got {rounds!r}.")
+        # Fewer rounds where the seed set would drop below the smallest trainable batch.
+        seed_size = max(math.ceil(budget / 2 ** rounds), min(MIN_BATCH, budget))
     if not 1 <= seed_size <= budget:
         raise ValueError(f"seed_size must lie in [1, budget={budget}], got {seed_size}.")
     pool = as_input_dict(pool)["pixel_values"]

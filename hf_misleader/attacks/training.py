@@ -9,6 +9,9 @@ from tqdm.auto import tqdm
 from ..inputs import accepted_inputs, as_input_dict, keep_accepted, num_rows, select_rows
 
 
+MIN_BATCH = 2  # the smallest mini-batch batch norm can train on
+
+
 def fresh_clone(build_clone, seed):
     torch.manual_seed(seed)  # same clone initialisation for every victim
     return build_clone()
@@ -16,16 +19,33 @@ def fresh_clone(build_clone, seed):
 
 def train_clone(clone, inputs, answers, labels="soft", epochs=20, min_steps=200, batch_size=64, learning_rate=1e-3,
                 seed=0):
-    """Fit `clone` to the victim's answers: soft labels by KL to the probabilities, label-only by cross-entropy."""
+    """
+    Fit `clone` to the victim's answers: soft labels by KL to the probabilities, label-only by cross-entropy.
+
+    No mini-batch ever holds a single row, as batch norm cannot train on one: batches hold at least
+    `MIN_BATCH` rows (a `batch_size` below it is raised to it), an epoch's tail rolls into the next epoch's
+    first batch, and a training set of a single row is repeated to fill a batch.
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+    batch_size = max(batch_size, MIN_BATCH)
     generator = torch.Generator().manual_seed(seed)
     inputs = keep_accepted(as_input_dict(inputs), accepted_inputs(clone))
     rows = num_rows(inputs)
+    if rows == 0:
+        raise ValueError("train_clone needs at least one answered input.")
+    if rows < MIN_BATCH:  # e.g. a budget of one query: repeat the row so batch norm sees a batch
+        repeat = torch.arange(rows).repeat(math.ceil(MIN_BATCH / rows))
+        inputs, answers = select_rows(inputs, repeat), answers[repeat]
+        rows = len(repeat)
     steps = max(min_steps, epochs * math.ceil(rows / batch_size))
     optimizer = torch.optim.Adam(clone.parameters(), lr=learning_rate)
     clone.train()
     order = torch.empty(0, dtype=torch.long)
     for _ in range(steps):
-        if len(order) < batch_size:  # reshuffle each epoch; the tail of an epoch rolls into the next
+        # Reshuffle each epoch; the tail of an epoch rolls into the next, so with rows >= 2 every batch has
+        # min(batch_size, rows + tail) >= 2 rows: never a batch of one.
+        if len(order) < batch_size:
             order = torch.cat([order, torch.randperm(rows, generator=generator)])
         batch, order = order[:batch_size], order[batch_size:]
         log_probs = F.log_softmax(clone(**select_rows(inputs, batch)).logits, dim=-1)

@@ -47,7 +47,7 @@ def _describe(run: Run) -> str:
     return f"{run.victim}+{run.defense} {run.attack}/{run.answers} {run.pool} {run.budget}q s{run.seed}"
 
 
-def run_benchmark(config, output_dir=None, progress=True) -> Dataset:
+def run_benchmark(config, output_dir=None, progress=True, report=None) -> Dataset:
     """
     Run every combination a benchmark config lists and return one row per run, plus one `answers="worst_case"` row
     per (victim, defence, attack, pool, budget, seed): the strongest way of using the answers.
@@ -64,6 +64,9 @@ def run_benchmark(config, output_dir=None, progress=True) -> Dataset:
             Where results live.
         progress (`bool`, *optional*, defaults to `True`):
             Show progress bars (over runs, and inside each run).
+        report (`bool`, *optional*, defaults to `progress`):
+            Print the summary table and the line naming the output folder at the end (the command line always does,
+            `--no-progress` or not).
 
     Returns:
         `datasets.Dataset`: the columns of `results.COLUMNS`.
@@ -87,7 +90,7 @@ def run_benchmark(config, output_dir=None, progress=True) -> Dataset:
                                          f"{summary}\n")
     plot_worst_case_curves(rows, output_dir / WORST_CASE_PLOT)
     plot_utility_vs_extraction(rows, output_dir / PARETO_PLOT)
-    if progress:
+    if progress if report is None else report:
         print(summary)
         print(f"\n{len(pending)} runs done now, {len(store.runs) - len(pending)} found finished; wrote {output_dir}/")
     return store.dataset()
@@ -100,7 +103,8 @@ def _benchmark_command(arguments):
 
         datasets.disable_progress_bars()
         transformers.utils.logging.disable_progress_bar()
-    run_benchmark(arguments.config, arguments.output_dir, progress=not arguments.no_progress)
+    # --no-progress hides the bars only: the summary and the output folder are what the command is run for.
+    run_benchmark(arguments.config, arguments.output_dir, progress=not arguments.no_progress, report=True)
 
 
 def add_benchmark_command(subparsers):
@@ -115,6 +119,6 @@ def add_benchmark_command(subparsers):
     parser.add_argument("--output-dir", default=None,
                         help="Where results live (default: outputs/benchmark/<config name>); finished runs there "
                              "are not run again.")
-    parser.add_argument("--no-progress", action="store_true", help="Hide progress bars and the summary.")
+    parser.add_argument("--no-progress", action="store_true", help="Hide progress bars (the summary is still printed).")
     parser.set_defaults(handler=_benchmark_command)
     return parser

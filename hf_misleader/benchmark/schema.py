@@ -4,6 +4,7 @@ and the small value checks every section of it uses."""
 from __future__ import annotations
 
 import difflib
+import re
 
 from ..attacks.common import LABEL_MODES
 
@@ -70,15 +71,42 @@ def check_list(key, value):
     return value
 
 
+def _yaml_number(text):
+    """How to write the number `text` so that YAML reads a number: PyYAML (YAML 1.1) wants a dot in the mantissa
+    and a signed exponent, so `3e-3` and `1.0e3` are strings there while `3.0e-3` and `1.0e+3` are floats."""
+    mantissa, _, exponent = text.strip().lower().partition("e")
+    if "." not in mantissa:
+        mantissa += ".0"
+    if exponent and exponent[0] not in "+-":
+        exponent = "+" + exponent
+    return mantissa + ("e" + exponent if exponent else "")
+
+
+def describe_value(value, integer=False):
+    """`repr(value)`, saying so where it is text that reads as a number (YAML's `3e-3` is a string)."""
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            return repr(value)
+        written = _yaml_number(value)
+        if integer and number.is_integer():
+            written = str(int(number))
+        if re.fullmatch(r"[-+]?[0-9][0-9_]*(\.[0-9_]*)?(e[-+]?[0-9]+)?", value.strip().lower()) and written != value:
+            return f"the text {value!r} (YAML reads {value} as a string: write {written})"
+        return f"the text {value!r} (write it as a number, without quotes)"
+    return repr(value)
+
+
 def check_int(key, value, minimum=None):
     if isinstance(value, bool) or not isinstance(value, int) or (minimum is not None and value < minimum):
-        raise BenchmarkConfigError(key, f"expected an integer >= {minimum}, got {value!r}.")
+        raise BenchmarkConfigError(key, f"expected an integer >= {minimum}, got {describe_value(value, integer=True)}.")
     return value
 
 
 def check_positive_number(key, value):
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise BenchmarkConfigError(key, f"expected a positive number, got {value!r}.")
+        raise BenchmarkConfigError(key, f"expected a positive number, got {describe_value(value)}.")
     return value
 
 
