@@ -71,7 +71,8 @@ def _short(defense: str, width: int = 48) -> str:
 def _figure(pools, title, entries):
     # Room under the panels for the legend, which grows with the number of defences and victims.
     legend_rows = -(-entries // 4)
-    figure = Figure(figsize=(5.5 * len(pools) + 1, 4.6 + 0.28 * legend_rows), layout="constrained")
+    # At least 10 inches wide: a one-panel figure must still hold its four-column legend.
+    figure = Figure(figsize=(max(5.5 * len(pools) + 1, 10), 4.6 + 0.28 * legend_rows), layout="constrained")
     FigureCanvasAgg(figure)
     axes = figure.subplots(1, len(pools), sharey=True, squeeze=False)[0]
     figure.suptitle(title)
