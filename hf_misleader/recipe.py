@@ -6,6 +6,7 @@ import dataclasses
 import difflib
 import json
 import os
+import shutil
 import sys
 import typing
 from dataclasses import dataclass, field
@@ -339,11 +340,20 @@ def run_recipe(arguments: DefendArguments, training_args: MisleaderTrainingArgum
             "processes": training_args.world_size,
         }
         (save_directory / "defence_summary.json").write_text(json.dumps(summary, indent=2))
+        _remove_training_checkpoints(Path(training_args.output_dir))
         print(
             f"teacher validation accuracy {summary['teacher_validation_accuracy']:.1%}, defended "
             f"{summary['defended_validation_accuracy']:.1%}; saved to {save_directory}/"
         )
     return save_directory
+
+
+def _remove_training_checkpoints(output_dir: Path):
+    """Once the ensemble is saved, the per-member and teacher checkpoints (optimizer states included, hundreds of MB
+    for text) are only clutter, as in the demo; a failed run keeps them."""
+    for folder in [*output_dir.glob("member-*"), output_dir / "teacher"]:
+        if folder.is_dir():
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def main(argv=None, task=None):

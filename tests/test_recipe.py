@@ -121,6 +121,8 @@ def test_defend_config_trains_and_saves_a_servable_ensemble(tmp_path):
     assert cli_main(["defend", "--config", str(config)]) == 0
     folder = tmp_path / "run" / "defended-model"
     summary = json.loads((folder / "defence_summary.json").read_text())
+    # Training checkpoints are removed once the ensemble is saved; the reusable teacher stays.
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["defended-model", "teacher-model"]
     assert summary["members"] == ["resnet-tiny", "convnext-tiny"] and summary["processes"] == 1
     assert 0.0 <= summary["defended_validation_accuracy"] <= 1.0
     model = AutoModelForImageClassification.from_pretrained(folder)
