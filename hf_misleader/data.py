@@ -123,6 +123,15 @@ def split_for_extraction(dataset: Dataset, sizes: dict, seed: int = 0) -> Datase
     return DatasetDict(splits)
 
 
+def image_processor(image_size: int = 28):
+    """The processor of the library's image workloads (demo, recipe, benchmark): resize to `image_size`, RGB, scale to
+    [-1, 1]."""
+    from transformers import ViTImageProcessorPil
+
+    return ViTImageProcessorPil(do_resize=True, size={"height": image_size, "width": image_size},
+                                image_mean=[0.5] * 3, image_std=[0.5] * 3)
+
+
 def prepare_image_dataset(dataset: Dataset, image_processor, image_column: str = "image") -> Dataset:
     """
     Run `image_processor` once over `dataset` and keep `pixel_values` and `label` as torch tensors.

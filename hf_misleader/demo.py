@@ -14,13 +14,13 @@ from transformers import (
     AutoTokenizer,
     Trainer,
     TrainingArguments,
-    ViTImageProcessorPil,
     pipeline,
 )
 
 from .attacks import knockoff
 from .blackbox import BlackBoxAPI
 from .data import (
+    image_processor,
     load_mnist_5k,
     load_rotten_tomatoes,
     load_sklearn_digits,
@@ -202,8 +202,7 @@ def format_table(results) -> str:
 def _image_setup(settings, seed):
     """MNIST-5k digits; teacher: a small ResNet from scratch; OOD pool: sklearn's real 8x8 digits upscaled."""
     raw = split_for_extraction(load_mnist_5k(), settings.splits, seed=seed)
-    processor = ViTImageProcessorPil(do_resize=True, size={"height": 28, "width": 28},
-                                     image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    processor = image_processor(28)
     data = {name: prepare_image_dataset(split, processor) for name, split in raw.items()}
     ood = prepare_image_dataset(load_sklearn_digits(28), processor)
     torch.manual_seed(seed)

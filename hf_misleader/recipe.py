@@ -24,7 +24,6 @@ from transformers import (
     HfArgumentParser,
     Trainer,
     TrainingArguments,
-    ViTImageProcessorPil,
 )
 
 from . import data as builtin_data
@@ -216,9 +215,7 @@ def _build_teacher(arguments, raw_train, seed):
         if not arguments.teacher_epochs:
             raise ValueError(f"{name} is an untrained preset: set teacher_epochs > 0 to train it first.")
         size = arguments.image_size
-        processor = ViTImageProcessorPil(
-            do_resize=True, size={"height": size, "width": size}, image_mean=[0.5] * 3, image_std=[0.5] * 3
-        )
+        processor = builtin_data.image_processor(size)
         names = getattr(raw_train.features["label"], "names", None)
         id2label = dict(enumerate(names)) if names else None
         torch.manual_seed(seed)

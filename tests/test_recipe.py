@@ -2,7 +2,6 @@
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -15,6 +14,8 @@ from hf_misleader.cli import main as cli_main
 from hf_misleader.data import load_sklearn_digits
 from hf_misleader.recipe import load_config, parse_arguments
 
+from .test_distributed import free_port
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = {
     "task": "image", "dataset_name": "sklearn-digits", "image_size": 16, "train_size": 96, "validation_size": 48,
@@ -23,12 +24,6 @@ TINY = {
     "per_device_train_batch_size": 16, "eval_strategy": "epoch", "save_strategy": "no", "report_to": "none",
     "use_cpu": True, "disable_tqdm": True, "seed": 0,
 }
-
-
-def free_port():
-    with socket.socket() as handle:
-        handle.bind(("127.0.0.1", 0))
-        return handle.getsockname()[1]
 
 
 def write_config(folder, **changes):

@@ -14,7 +14,6 @@ from transformers import (
     AutoModelForImageClassification,
     AutoModelForSequenceClassification,
     AutoTokenizer,
-    ViTImageProcessorPil,
 )
 
 from .. import data as loaders
@@ -52,12 +51,6 @@ class BenchmarkData:
         return {k: v for k, v in rows.items() if k != "label"}, rows["label"]
 
 
-def image_processor(image_size):
-    """The processor of every image benchmark (and of the demo): resize, RGB, scale to [-1, 1]."""
-    return ViTImageProcessorPil(do_resize=True, size={"height": image_size, "width": image_size},
-                                image_mean=[0.5] * 3, image_std=[0.5] * 3)
-
-
 def _model_inputs(split):
     return {name: value for name, value in split[:].items() if name != "label"}
 
@@ -91,7 +84,7 @@ def load_benchmark_data(config: BenchmarkConfig) -> BenchmarkData:
     """Load, split and process the configured data set and every configured query pool."""
     dataset, seed = config.dataset, config.dataset["split_seed"]
     if config.modality == "image":
-        processor = image_processor(dataset["image_size"])
+        processor = loaders.image_processor(dataset["image_size"])
         raw = loaders.split_for_extraction(_raw_images(dataset["name"], dataset["image_size"]), dataset["splits"], seed)
         splits = {name: loaders.prepare_image_dataset(split, processor) for name, split in raw.items()}
         template = None

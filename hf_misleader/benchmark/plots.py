@@ -68,6 +68,15 @@ def _short(defense: str, width: int = 48) -> str:
     return defense if len(defense) <= width else defense[: width - 1] + "…"
 
 
+def _panels(rows, title):
+    """What both plots start from: the worst-case points, one panel per pool, the styles and the figure."""
+    points = strongest_attacker(rows)
+    pools = list(dict.fromkeys(pool for pool, _, _ in points)) or ["(no runs)"]
+    styles = _Styles([name for _, name, _ in points])
+    figure, axes = _figure(pools, title, len(styles.colours) + len(styles.markers))
+    return points, pools, styles, figure, axes
+
+
 def _figure(pools, title, entries):
     # Room under the panels for the legend, which grows with the number of defences and victims.
     legend_rows = -(-entries // 4)
@@ -99,11 +108,8 @@ def plot_worst_case_curves(rows: list[dict], path) -> Path:
         rows (`list[dict]`): benchmark rows, worst-case rows included (see `results.results_table`).
         path (`str` or `os.PathLike`): where to write the PNG.
     """
-    points = strongest_attacker(rows)
-    pools = list(dict.fromkeys(pool for pool, _, _ in points)) or ["(no runs)"]
-    styles = _Styles([name for _, name, _ in points])
-    figure, axes = _figure(pools, "Worst-case clone accuracy against queries: lower is a better defence",
-                           len(styles.colours) + len(styles.markers))
+    points, pools, styles, figure, axes = _panels(
+        rows, "Worst-case clone accuracy against queries: lower is a better defence")
     for ax, pool in zip(axes, pools):
         served = list(dict.fromkeys(name for p, name, _ in points if p == pool))
         for name in served:
@@ -127,11 +133,8 @@ def plot_utility_vs_extraction(rows: list[dict], path) -> Path:
         rows (`list[dict]`): benchmark rows, worst-case rows included.
         path (`str` or `os.PathLike`): where to write the PNG.
     """
-    points = strongest_attacker(rows)
-    pools = list(dict.fromkeys(pool for pool, _, _ in points)) or ["(no runs)"]
-    styles = _Styles([name for _, name, _ in points])
-    figure, axes = _figure(pools, "Utility against extraction at the largest budget: bottom right is best",
-                           len(styles.colours) + len(styles.markers))
+    points, pools, styles, figure, axes = _panels(
+        rows, "Utility against extraction at the largest budget: bottom right is best")
     for ax, pool in zip(axes, pools):
         largest = max((b for p, _, b in points if p == pool), default=None)
         for name in dict.fromkeys(n for p, n, b in points if p == pool and b == largest):
