@@ -30,7 +30,7 @@ from . import data as builtin_data
 from .configuration_misleader import checked_output_defense
 from .defend import defend, validation_accuracy
 from .members import IMAGE_PRESETS, build_image_member, list_presets
-from .trainer import accuracy_metric
+from .trainer import accuracy_metric, end_distributed_run
 from .training_args import MisleaderTrainingArguments
 
 TASKS = ("image", "text")
@@ -358,4 +358,10 @@ def main(argv=None, task=None):
     arguments, training_args = parse_arguments(argv)
     if task is not None and arguments.task != task:
         raise ValueError(f"This recipe defends {task} classifiers; the config says task={arguments.task!r}.")
-    return run_recipe(arguments, training_args)
+    try:
+        saved = run_recipe(arguments, training_args)
+    except BaseException:
+        end_distributed_run(wait=False)
+        raise
+    end_distributed_run()
+    return saved

@@ -524,3 +524,15 @@ def _auto_class(model):
     from transformers import AutoModelForImageClassification, AutoModelForSequenceClassification
 
     return AutoModelForSequenceClassification if model.main_input_name == "input_ids" else AutoModelForImageClassification
+
+
+def end_distributed_run(wait: bool = True):
+    """Close the process group, after waiting for every process unless this one failed.
+
+    Without it, a torchrun process can reach interpreter exit while gloo's threads still run and abort with
+    "terminate called without an active exception" after training has finished (seen in CI). A failed process
+    does not wait: the others may never reach the barrier."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        if wait:
+            torch.distributed.barrier()
+        torch.distributed.destroy_process_group()

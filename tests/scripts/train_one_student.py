@@ -21,7 +21,7 @@ torch.set_num_threads(1)
 from hf_misleader import MisleaderTrainer, MisleaderTrainingArguments  # noqa: E402
 from hf_misleader.data import load_sklearn_digits, prepare_image_dataset, split_for_extraction  # noqa: E402
 from hf_misleader.members import build_image_member  # noqa: E402
-from hf_misleader.trainer import last_complete_checkpoint  # noqa: E402
+from hf_misleader.trainer import end_distributed_run, last_complete_checkpoint  # noqa: E402
 from transformers import TrainerCallback, ViTImageProcessorPil  # noqa: E402
 
 
@@ -105,3 +105,4 @@ def main():
 
 if __name__ == "__main__":
     main()
+    end_distributed_run()
