@@ -78,7 +78,11 @@ class DefendArguments:
     )
     image_size: int = field(default=28, metadata={"help": "Image side when the teacher is built from a preset."})
     max_length: int = field(default=48, metadata={"help": "Tokens per text (padded and truncated)."})
-    members: Optional[list[str]] = field(default=None, metadata={"help": "Member presets (default: defend()'s)."})
+    # A list of preset names on the command line; a config file may also give mappings with a model_type.
+    members: Optional[list[str]] = field(
+        default=None,
+        metadata={"help": "Member presets, or config mappings with a model_type (default: defend()'s)."},
+    )
     attacker_pool: Optional[str] = field(
         default=None, metadata={"help": f"Surrogate pool for attacker-like queries: {BUILTIN_POOLS} or a saved folder."}
     )
@@ -110,8 +114,14 @@ class DefendArguments:
         self.output_defense = _output_defense(self.output_defense)
         if self.members is not None:
             known = list_presets(self.task)
-            if not self.members or any(member not in known for member in self.members):
-                raise ValueError(f"members must be a non-empty list of {self.task} presets {known}, got {self.members}.")
+            if not self.members or not isinstance(self.members, list) or not all(
+                member in known if isinstance(member, str) else isinstance(member, dict) and "model_type" in member
+                for member in self.members
+            ):
+                raise ValueError(
+                    f"members must be a non-empty list of {self.task} presets {known} or config mappings with a "
+                    f"model_type, got {self.members}."
+                )
         pools = BUILTIN_POOLS[self.task]
         if self.attacker_pool is not None and self.attacker_pool not in pools and not os.path.isdir(self.attacker_pool):
             raise ValueError(f"attacker_pool must be one of {pools} or a saved data set folder, got {self.attacker_pool!r}.")

@@ -68,11 +68,18 @@ def test_malformed_files_are_one_line_errors(tmp_path, text, message):
     "changes, message",
     [({"members": ["resnet-huge"]}, "members must be a non-empty list of image presets"),
      ({"members": []}, "members must be a non-empty list"), ({"members": ["bert-tiny"]}, "image presets"),
+     ({"members": [{"hidden_sizes": [8, 16]}]}, "config mappings with a model_type"),
      ({"attacker_pool": "cifar"}, "attacker_pool must be one of"), ({"output_defense": "top1"}, "output_defense")],
 )
 def test_what_defend_would_refuse_is_refused_before_the_teacher_trains(tmp_path, changes, message):
     with pytest.raises(ValueError, match=message):
         load_config(write_config(tmp_path, **changes))
+
+
+def test_a_member_may_be_a_config_mapping(tmp_path):
+    custom = {"model_type": "resnet", "embedding_size": 8, "hidden_sizes": [8, 16], "depths": [2, 2], "layer_type": "basic"}
+    arguments, _ = load_config(write_config(tmp_path, members=["resnet-tiny", custom]))
+    assert arguments.members == ["resnet-tiny", custom]
 
 
 def test_output_defense_by_name_or_mapping(tmp_path):
