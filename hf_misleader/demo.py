@@ -4,7 +4,6 @@ import json
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import torch
 from datasets import Dataset
@@ -34,6 +33,7 @@ from .defend import DEFAULT_MEMBERS, DEFAULT_TEXT_MEMBERS, defend
 from .inputs import accepted_inputs, as_input_dict, keep_accepted, num_rows, select_rows
 from .members import build_image_member, text_member_config
 from .model_card import write_model_card
+from .paths import output_folder
 from .plotting import plot_extraction_curves
 from .trainer import accuracy_metric
 from .training_args import MisleaderTrainingArguments
@@ -256,10 +256,9 @@ def run_demo(output_dir="outputs/demo", quick=False, seed=0, progress=True, task
         raise ValueError(f"task must be one of {sorted(SETTINGS)}, got {task!r}.")
     started = time.perf_counter()
     settings = SETTINGS[task]["quick" if quick else "full"]
-    output_dir = Path(output_dir)
+    output_dir = output_folder(output_dir)  # an unusable folder fails now, not after training
     work_dir = output_dir / "training"
     model_dir = output_dir / "defended-model"
-    output_dir.mkdir(parents=True, exist_ok=True)  # an unusable folder fails now, not after training
 
     setup = (_image_setup if task == "image" else _text_setup)(settings, seed)
     data, teacher = setup["data"], setup["teacher"]

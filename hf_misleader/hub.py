@@ -10,8 +10,9 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from urllib.parse import urlparse
 
-from huggingface_hub import CommitOperationAdd, HfApi, get_token
+from huggingface_hub import CommitOperationAdd, HfApi, constants, get_token
 from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError
 from transformers.dynamic_module_utils import get_relative_import_files
 
@@ -24,6 +25,7 @@ logger = logging.getLogger(__name__)
 # Network errors are retried this many times in all, waiting BASE_DELAY_SECONDS, then twice as long each time.
 MAX_ATTEMPTS = 4
 BASE_DELAY_SECONDS = 1.0
+PUBLIC_HUB_HOST = "huggingface.co"  # where https://status.huggingface.co reports outages
 # What a defended folder may contribute to the repo: the model, its remote code, its processor, plots. Nothing else
 # (no checkpoints, no teacher, no attacker, no pickles) is ever uploaded.
 CONFIG_FILES = ("config.json", "generation_config.json")
@@ -99,13 +101,21 @@ def with_retries(call, what: str):
             if attempt == MAX_ATTEMPTS:
                 raise HubPushError(
                     f"Could not {what}: still failing after {MAX_ATTEMPTS} attempts ({_describe(error)}). Check your "
-                    "network connection and https://status.huggingface.co, then run the push again: it is safe to "
-                    "repeat."
+                    f"network connection and {_where_to_look()}, then run the push again: it is safe to repeat."
                 ) from error
             delay = BASE_DELAY_SECONDS * 2 ** (attempt - 1)
             logger.warning(f"Could not {what} ({_describe(error)}); retrying in {delay:.1f} s "
                            f"(attempt {attempt + 1} of {MAX_ATTEMPTS}).")
             time.sleep(delay)
+
+
+def _where_to_look() -> str:
+    """The public Hub's status page only helps when pushing there; with HF_ENDPOINT set elsewhere (a mirror, an
+    on-premise Hub) the endpoint itself is what to check."""
+    endpoint = constants.ENDPOINT.rstrip("/")
+    if urlparse(endpoint).hostname == PUBLIC_HUB_HOST:
+        return "https://status.huggingface.co"
+    return f"that the Hub at {endpoint} (HF_ENDPOINT) is up"
 
 
 def _describe(error: BaseException) -> str:

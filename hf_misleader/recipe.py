@@ -30,6 +30,7 @@ from . import data as builtin_data
 from .configuration_misleader import checked_output_defense
 from .defend import defend, validation_accuracy
 from .members import IMAGE_PRESETS, build_image_member, list_presets
+from .paths import output_folder
 from .trainer import accuracy_metric, end_distributed_run
 from .training_args import MisleaderTrainingArguments
 
@@ -301,6 +302,11 @@ def _attacker_pool(arguments, processor, seed):
 def run_recipe(arguments: DefendArguments, training_args: MisleaderTrainingArguments) -> Path:
     """Load the data, (train and) load the teacher, defend it, save the ensemble with its processor and a summary.
     Returns the folder the ensemble was saved to."""
+    # A file where a folder must go fails now, not once the teacher and the members have trained; nothing is written
+    # yet (a refused config leaves no folder behind).
+    output_folder(training_args.output_dir, "output_dir", create=False)
+    if arguments.save_directory:
+        output_folder(arguments.save_directory, "save_directory", create=False)
     seed = training_args.seed
     raw = _load_dataset(arguments.dataset_name, arguments.task)
     if arguments.label_column not in raw.column_names:

@@ -15,8 +15,11 @@ from hf_misleader.benchmark import data as benchmark_data
 from hf_misleader.benchmark import runs as benchmark_runs
 from hf_misleader.benchmark import add_benchmark_command, run_benchmark
 from hf_misleader.benchmark.config import BenchmarkConfigError, load_config
+from hf_misleader.benchmark.plots import utility_vs_extraction_figure, worst_case_figure
 from hf_misleader.benchmark.results import COLUMNS, worst_case_rows
 from hf_misleader.benchmark.runs import RUN_KEY, plan_runs
+from hf_misleader.benchmark.schema import DATASETS, NUM_LABELS
+from hf_misleader.cli import main as cli_main
 
 CONFIGS = Path(__file__).resolve().parent.parent / "benchmarks" / "configs"
 TINY = CONFIGS / "tiny.yaml"
@@ -275,3 +278,146 @@ def test_cli_command(finished, tmp_path, monkeypatch, capsys):
     assert (output_dir / "summary.md").read_text().split("\n\n", 1)[1].strip() in printed
     with pytest.raises(SystemExit):
         parser.parse_args(["benchmark"])  # --config is required
+
+
+def test_cli_refuses_an_output_dir_that_is_a_file(tmp_path, capsys):
+    taken = tmp_path / "results.txt"
+    taken.write_text("someone's notes")
+    assert cli_main(["benchmark", "--config", str(TINY), "--output-dir", str(taken)]) == 2
+    assert capsys.readouterr().err == (f"hf-misleader benchmark: error: output directory {taken} is a file, not a "
+                                       "folder: choose another output directory.\n")
+    assert cli_main(["benchmark", "--config", str(TINY), "--output-dir", str(taken / "run")]) == 2
+    assert f"{taken} is a file, not a folder" in capsys.readouterr().err  # "Not a directory" named, not errno text
+    assert taken.read_text() == "someone's notes"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The text path: a tiny BERT teacher on real Rotten Tomatoes snippets, thieves with real, random-word and fortune
+# queries. Its figures mean nothing (the teacher barely learns in one epoch); the plumbing is what is checked.
+
+TINY_TEXT = {
+    "name": "tiny-text",
+    "dataset": {"name": "rotten_tomatoes", "max_length": 16,
+                "splits": {"train": 128, "validation": 32, "attacker_pool": 64, "test": 96}},
+    "victims": ["teacher"],
+    "teacher": {"model": "bert-tiny", "epochs": 1, "learning_rate": 3.0e-3, "batch_size": 32},
+    "defenses": ["none", {"name": "gaussian_noise", "sigma": 0.2}],
+    "attacks": [{"name": "knockoff", "answers": ["soft", "label_only", "averaging"], "averaging": {"repeats": 2}}],
+    "pools": ["in_distribution", {"name": "random_words", "size": 32}, {"name": "fortunes", "size": 32}],
+    "budgets": [16, 32],
+    "seeds": [0],
+    "clone": {"model": "bert-tiny",
+              "training": {"epochs": 1, "min_steps": 2, "batch_size": 16, "learning_rate": 3.0e-3}},
+}
+
+
+@pytest.fixture(scope="module")
+def finished_text(tmp_path_factory):
+    """The tiny text benchmark, run once from a YAML file as `hf-misleader benchmark --config` reads it (~10 s)."""
+    folder = tmp_path_factory.mktemp("text-benchmark")
+    config = folder / "tiny-text.yaml"
+    config.write_text(yaml.safe_dump(TINY_TEXT))
+    return config, folder / "out", run_benchmark(config, folder / "out", progress=False).to_list()
+
+
+def test_tiny_text_benchmark_end_to_end(finished_text):
+    config, output_dir, rows = finished_text
+    for name in OUTPUTS:
+        assert (output_dir / name).is_file(), name
+    assert (output_dir / "victims" / "teacher" / "tokenizer.json").is_file()  # the teacher is saved with its tokenizer
+    planned = plan_runs(load_config(config))
+    # soft + label-only for both defences, averaging for the randomised one only; 3 pools x 2 budgets each.
+    assert len(planned) == (2 + 3) * 3 * 2
+    assert sorted(tuple(row[k] for k in RUN_KEY) for row in _runs(rows)) == sorted(run.key for run in planned)
+    assert {row["pool"] for row in rows} == {"in_distribution", "random_words", "fortunes"}
+    for row in _runs(rows):
+        assert row["dataset"] == "rotten_tomatoes" and row["clone"] == "bert-tiny"
+        assert row["queries"] == row["budget"]  # every input counted, averaging's repeats included
+        assert row["output"] == ("label" if row["answers"] == "label_only" else "probabilities")
+        for key in ("victim_accuracy", "defended_accuracy", "clone_accuracy", "clone_agreement", "label_only_floor"):
+            assert 0.0 <= row[key] <= 1.0, (key, row)
+    assert {row["defense"] for row in rows if row["answers"] == "averaging"} == {"gaussian_noise"}
+    undefended = {row["defended_accuracy"] for row in rows if row["defense"] == "none"}
+    assert undefended == {rows[0]["victim_accuracy"]}
+
+
+def test_tiny_text_benchmark_worst_cases(finished_text):
+    rows = finished_text[2]
+    def group(row):
+        return tuple(row[k] for k in RUN_KEY if k != "answers")
+
+    worst = [row for row in rows if row["answers"] == "worst_case"]
+    assert len(worst) == len({group(row) for row in _runs(rows)}) == 2 * 3 * 2
+    for row in worst:
+        members = [r for r in _runs(rows) if group(r) == group(row)]
+        assert row["clone_accuracy"] == max(r["clone_accuracy"] for r in members)
+        assert row["worst_of"] in {r["answers"] for r in members}
+    # Two classes: the plots' chance line sits at 50%.
+    assert 50.0 in _chance_lines(worst_case_figure(rows))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The plots: chance level, and the spread over seeds
+
+
+def _chance_lines(figure):
+    """The height of every line labelled "chance", over all panels."""
+    heights = []
+    for ax in figure.axes:
+        for line in ax.get_lines():
+            if line.get_label() == "chance":
+                assert len(set(line.get_ydata())) == 1  # horizontal
+                heights.append(float(line.get_ydata()[0]))
+    return heights
+
+
+def _worst_case_rows(seeds, dataset="mnist_5k"):
+    rows = []
+    for seed in seeds:
+        for defense, base in (("none", 0.6), ("top1", 0.4)):
+            for pool in ("in_distribution", "sklearn_digits"):
+                for budget in (50, 100):
+                    rows.append({"dataset": dataset, "victim": "teacher", "defense": defense, "defense_params": "{}",
+                                 "answers": "worst_case", "pool": pool, "budget": budget, "seed": seed,
+                                 "clone_accuracy": base + budget / 1000 + 0.05 * seed, "defended_accuracy": 0.9})
+    return rows
+
+
+@pytest.mark.parametrize("draw", [worst_case_figure, utility_vs_extraction_figure])
+def test_plots_draw_chance_level_on_the_clone_axis(draw):
+    figure = draw(_worst_case_rows([0]))  # one seed: still plots, no spread
+    panels = [ax for ax in figure.axes if ax.get_lines() or ax.collections]
+    assert len(panels) == 2 and _chance_lines(figure) == [10.0, 10.0]  # 1 / 10 classes, one line per panel
+    for ax in panels:
+        low, high = ax.get_ylim()
+        assert low < 10.0 < high  # in view, not clipped away
+        assert not [c for c in ax.collections if type(c).__name__ in ("FillBetweenPolyCollection", "PolyCollection",
+                                                                      "LineCollection")]
+    legend = [text.get_text() for text in figure.legends[0].get_texts()]
+    assert "chance (10%)" in legend and "min-max over seeds" not in legend
+    assert _chance_lines(draw(_worst_case_rows([0]), num_labels=4)) == [25.0, 25.0]
+    assert _chance_lines(draw(_worst_case_rows([0], dataset="somewhere_else"))) == []  # unknown classes: no line
+
+
+def test_several_seeds_show_their_spread():
+    rows = _worst_case_rows([0, 1, 2])
+    curves = worst_case_figure(rows)
+    panel = curves.axes[0]
+    bands = [c for c in panel.collections if type(c).__name__ in ("FillBetweenPolyCollection", "PolyCollection")]
+    assert len(bands) == 2  # one per defence
+    low, high = bands[0].get_paths()[0].vertices[:, 1].min(), bands[0].get_paths()[0].vertices[:, 1].max()
+    # The first defence (none) at 50 queries: seeds 0.65, 0.70, 0.75 around a mean of 0.70; at 100: 0.70 to 0.80.
+    assert (low, high) == pytest.approx((65.0, 80.0))
+    mean = panel.get_lines()[0]
+    assert list(mean.get_ydata()) == pytest.approx([70.0, 75.0])
+
+    points = utility_vs_extraction_figure(rows)
+    bars = [c for c in points.axes[0].collections if type(c).__name__ == "LineCollection"]
+    assert len(bars) == 2  # one error bar per served model, at the largest budget
+    segment = bars[0].get_segments()[0]
+    assert sorted(segment[:, 1]) == pytest.approx([70.0, 80.0])
+    assert "min-max over seeds" in [text.get_text() for text in points.legends[0].get_texts()]
+
+
+def test_every_data_set_has_a_number_of_classes():
+    assert set(NUM_LABELS) == set(DATASETS)

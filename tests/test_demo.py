@@ -13,6 +13,7 @@ from PIL import Image
 from transformers import AutoImageProcessor, AutoModelForImageClassification
 
 from hf_misleader import MisleaderEnsembleForImageClassification
+from hf_misleader.cli import main as cli_main
 from hf_misleader.data import load_mnist_5k, prepare_image_dataset, split_for_extraction
 from hf_misleader.demo import SETTINGS
 
@@ -139,7 +140,16 @@ def test_unusable_output_dir_is_a_message_not_a_traceback(tmp_path):
     done = cli("demo", "--quick", "--no-progress", "--output-dir", str(blocker / "out"), cwd=tmp_path)
     assert done.returncode != 0
     assert "Traceback" not in done.stderr, done.stderr[-2000:]
-    assert str(blocker) in done.stderr
+    assert f"{blocker} is a file, not a folder" in done.stderr
+
+
+def test_output_dir_that_is_a_file_is_named(tmp_path, capsys):
+    taken = tmp_path / "results.txt"
+    taken.write_text("not a folder")
+    assert cli_main(["demo", "--quick", "--output-dir", str(taken)]) == 2  # before any data is loaded
+    assert capsys.readouterr().err == (f"hf-misleader demo: error: output directory {taken} is a file, not a folder: "
+                                       "choose another output directory.\n")
+    assert taken.read_text() == "not a folder"
 
 
 @pytest.mark.slow

@@ -339,8 +339,12 @@ def test_failing_commit_leaves_the_repo_unchanged(hub, defended_dir):
 
     hub.fail("commit", times=100, status=500)
     commits_before = hub.count("commit")
-    with pytest.raises(HubPushError, match=rf"{repo_id}: still failing after {hub_module.MAX_ATTEMPTS} attempts"):
+    still_failing = rf"{repo_id}: still failing after {hub_module.MAX_ATTEMPTS} attempts"
+    with pytest.raises(HubPushError, match=still_failing) as failed:
         push_to_hub(defended_dir, repo_id, benchmark_repo_id=f"{NAMESPACE}/never")
+    # HF_ENDPOINT points at the local Hub: that is what to check, not the public Hub's status page.
+    assert f"the Hub at {hub.endpoint} (HF_ENDPOINT) is up" in str(failed.value)
+    assert "status.huggingface.co" not in str(failed.value)
     assert hub.count("commit") == commits_before + hub_module.MAX_ATTEMPTS
     hub.fail("commit", times=1, status=422)  # a refusal is not retried
     with pytest.raises(HubPushError, match="422"):
@@ -348,6 +352,33 @@ def test_failing_commit_leaves_the_repo_unchanged(hub, defended_dir):
     assert hub.count("commit") == commits_before + hub_module.MAX_ATTEMPTS + 1
     hub.fail("commit", times=0)
     assert hub.repo(repo_id).refs["main"] == before_ref and hub.files(repo_id) == before_files
+
+
+def test_unreachable_endpoint_is_named_in_the_error(defended_dir, monkeypatch):
+    from huggingface_hub import constants
+
+    with socket.socket() as probe:  # a loopback port nobody listens on: every connection is refused at once
+        probe.bind(("127.0.0.1", 0))
+        endpoint = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    monkeypatch.setattr(constants, "ENDPOINT", endpoint)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # conftest.py set it for the rest of the suite
+    monkeypatch.setattr(hub_module, "BASE_DELAY_SECONDS", 0.01)
+    with pytest.raises(HubPushError, match="still failing") as failed:
+        push_to_hub(defended_dir, repo_name("unreachable"), token="hf_not_a_real_token")
+    assert f"Check your network connection and that the Hub at {endpoint} (HF_ENDPOINT) is up" in str(failed.value)
+    assert "status.huggingface.co" not in str(failed.value)
+
+
+def test_the_public_hub_points_to_its_status_page(monkeypatch):
+    from huggingface_hub import constants
+
+    def dropped():
+        raise ConnectionError("connection reset by peer")
+
+    monkeypatch.setattr(constants, "ENDPOINT", "https://huggingface.co")
+    monkeypatch.setattr(hub_module, "BASE_DELAY_SECONDS", 0.0)
+    with pytest.raises(HubPushError, match=r"connection reset by peer.*https://status\.huggingface\.co"):
+        hub_module.with_retries(dropped, "commit to org/model")
 
 
 def test_refuses_an_incomplete_folder(hub, defended_dir, tmp_path):

@@ -118,6 +118,19 @@ def test_cli_errors_before_any_training(tmp_path, capsys):
     assert "more than the 1797 rows" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("key", ["output_dir", "save_directory"])
+def test_cli_refuses_an_output_folder_that_is_a_file(tmp_path, capsys, key):
+    taken = tmp_path / "notes.txt"
+    taken.write_text("not a folder")
+    assert cli_main(["defend", "--config", str(write_config(tmp_path, **{key: str(taken)}))]) == 2
+    assert capsys.readouterr().err == (f"hf-misleader defend: error: {key} {taken} is a file, not a folder: choose "
+                                       f"another {key}.\n")
+    assert cli_main(["defend", "--config", str(write_config(tmp_path, **{key: str(taken / "run")}))]) == 2
+    assert f"{key} {taken / 'run'} cannot be created: {taken} is a file" in capsys.readouterr().err
+    assert taken.read_text() == "not a folder" and sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml",
+                                                                                                "notes.txt"]
+
+
 def test_defend_config_trains_and_saves_a_servable_ensemble(tmp_path):
     config = write_config(tmp_path, output_defense=json.dumps({"name": "reverse_sigmoid"}))
     assert cli_main(["defend", "--config", str(config)]) == 0

@@ -11,6 +11,7 @@ from pathlib import Path
 import pyarrow.parquet
 from datasets import Dataset, Features, Value
 
+from ..paths import output_folder
 from .config import BenchmarkConfig
 from .runs import RUN_KEY
 from .schema import ANSWERS_ORDER, IN_DISTRIBUTION, WORST_CASE
@@ -110,8 +111,7 @@ class ResultStore:
     """
 
     def __init__(self, output_dir, config: BenchmarkConfig):
-        self.output_dir = Path(output_dir)
-        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.output_dir = output_folder(output_dir)
         self._check_settings(config)
         path = self.output_dir / RESULTS_JSON
         rows = json.loads(path.read_text()) if path.is_file() else []

