@@ -49,6 +49,7 @@ class DemoSettings:
     splits: dict = field(default_factory=lambda: {"train": 2200, "validation": 300, "attacker_pool": 1500, "test": 1000})
     teacher: str = "resnet-small"
     members: tuple = DEFAULT_MEMBERS
+    objective: str = "unrolled"
     clone: str = "resnet-tiny"
     teacher_epochs: int = 8
     teacher_learning_rate: float = 2e-3
@@ -64,7 +65,10 @@ class DemoSettings:
 _QUICK = dict(teacher_epochs=1, student_epochs=1, budgets=(64, 128), clone_epochs=1, clone_min_steps=5,
               splits={"train": 256, "validation": 64, "attacker_pool": 128, "test": 128})
 _TEXT = dict(
-    task="text", teacher="all-MiniLM-L6-v2", members=DEFAULT_TEXT_MEMBERS, clone="bert-tiny", teacher_epochs=3,
+    # No objective has been measured to protect a text classifier yet (DESIGN.md); the text demo runs the reference
+    # recipe, as its recorded numbers in benchmarks/RESULTS.md did.
+    task="text", objective="alternating", teacher="all-MiniLM-L6-v2", members=DEFAULT_TEXT_MEMBERS, clone="bert-tiny",
+    teacher_epochs=3,
     teacher_learning_rate=8e-5, student_epochs=4, learning_rate=5e-4, batch_size=32, clone_epochs=10,
     splits={"train": 2000, "validation": 300, "attacker_pool": 1500, "test": 1000},
 )
@@ -268,7 +272,8 @@ def run_demo(output_dir="outputs/demo", quick=False, seed=0, progress=True, task
 
     print(f"[2/4] defending it: {len(settings.members)} students, each against its own attacker clone")
     args = MisleaderTrainingArguments(
-        **_stock_args(settings, work_dir / "defence", settings.student_epochs, settings.learning_rate, seed, progress)
+        objective=settings.objective,
+        **_stock_args(settings, work_dir / "defence", settings.student_epochs, settings.learning_rate, seed, progress),
     )
     defended = defend(teacher, data["train"], members=settings.members, eval_dataset=data["validation"], args=args,
                       precompute_teacher_logits=task == "text")  # the 22.7M MiniLM dominates otherwise

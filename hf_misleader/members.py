@@ -14,6 +14,10 @@ IMAGE_PRESETS = {
     "resnet-small": dict(
         model_type="resnet", embedding_size=32, hidden_sizes=[32, 64, 128], depths=[1, 1, 1], layer_type="basic"
     ),
+    # Deeper and narrower than resnet-small: a third shape for an all-ResNet ensemble.
+    "resnet-deep": dict(
+        model_type="resnet", embedding_size=24, hidden_sizes=[24, 48, 96], depths=[2, 2, 2], layer_type="basic"
+    ),
     "mobilenet_v2-tiny": dict(model_type="mobilenet_v2", depth_multiplier=0.35, min_depth=8),
     "mobilenet_v2-small": dict(model_type="mobilenet_v2", depth_multiplier=0.5, min_depth=8),
     "convnext-tiny": dict(

@@ -10,6 +10,7 @@ from transformers import AutoModelForImageClassification, TrainerCallback
 from hf_misleader import MisleaderEnsembleForImageClassification, MisleaderTrainingArguments, list_presets
 from hf_misleader.defend import defend
 from hf_misleader.members import build_image_member
+from hf_misleader.training_args import OBJECTIVE_DEFAULTS
 
 from .conftest import IMAGE_SIZE, build_member
 
@@ -122,7 +123,7 @@ def test_defend_returns_a_recorded_ensemble(defended):
     assert config.member_names == ["convnext-tiny", "vit-tiny"]
     assert [m["model_type"] for m in config.members] == ["convnext", "vit"]
     assert config.num_labels == 10 and config.id2label[3] == "3"
-    assert config.objective == "alternating"
+    assert config.objective == "unrolled"  # the default objective
     for record, hyper, name in zip(config.member_hyperparameters, defended["hyper"], config.member_names):
         assert record["name"] == name
         assert (record["lambda"], record["temperature"], record["alpha"]) == (
@@ -249,8 +250,9 @@ def test_defend_with_each_objective(tmp_path, digits, objective):
     assert defended.config.objective == objective
     # The other objectives give every member the arguments' lambda, T and alpha (the reference cycle's weakest
     # distillation weight is overpowered by their lambda).
+    default_lambda = OBJECTIVE_DEFAULTS[objective]["misleader_lambda"]
     assert [(m["lambda"], m["temperature"], m["alpha"]) for m in defended.config.member_hyperparameters] == [
-        (1.0, 4.0, 0.5), (1.0, 4.0, 0.5)]
+        (default_lambda, 4.0, 0.5), (default_lambda, 4.0, 0.5)]
     defended.save_pretrained(tmp_path / "saved")
     for name in os.listdir(tmp_path / "saved"):
         if name.endswith((".json", ".py")):
@@ -285,4 +287,4 @@ def test_a_member_that_never_learnt_is_named_with_its_likely_cause(caplog):
         transformers_logging.disable_propagation()
     assert len(caplog.records) == 1
     message = caplog.records[0].getMessage()
-    assert "Member 2 (convnext-tiny) reached 11.3%" in message and "misleader_lambda (now 1.0)" in message
+    assert "Member 2 (convnext-tiny) reached 11.3%" in message and "misleader_lambda (now 0.5)" in message

@@ -469,7 +469,7 @@ def test_trainer_push_to_hub_uses_the_misleader_card(hub, digits, tmp_path):
     card = ModelCard(hub.files(repo_id)["README.md"].decode())
     assert card.data.library_name == "hf-misleader" and "misleader-student" in card.data.tags
     assert f"# {repo_id}: a MISLEADER student of" in card.text
-    assert "| objective | `alternating` |" in card.text
+    assert "| objective | `unrolled` |" in card.text  # the default objective
     (accuracy,) = card.data.eval_results
     assert accuracy.metric_type == "accuracy" and accuracy.dataset_split == "validation"
     assert "fine-tuned version" not in card.text  # not the generic Trainer card

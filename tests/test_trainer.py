@@ -24,8 +24,9 @@ from hf_misleader.trainer import (
 from .conftest import IMAGE_SIZE, build_member
 
 def make_args(output_dir, **overrides):
+    # The reference objective unless a test says otherwise: most tests here check its exact step.
     settings = dict(
-        output_dir=str(output_dir), max_steps=1, per_device_train_batch_size=8, per_device_eval_batch_size=32,
+        objective="alternating", output_dir=str(output_dir), max_steps=1, per_device_train_batch_size=8, per_device_eval_batch_size=32,
         learning_rate=1e-3, report_to="none", use_cpu=True, disable_tqdm=True, save_strategy="no",
         logging_strategy="no", seed=0, dataloader_num_workers=0,
     )
@@ -368,10 +369,11 @@ def test_every_objective_trains_and_logs(tmp_path, digits, objective, precision)
 
 
 def test_objective_defaults_are_resolved_per_objective(tmp_path):
-    unrolled = make_args(tmp_path, objective="unrolled")
-    assert (unrolled.misleader_lambda, unrolled.augmentation, unrolled.attacker_optimizer) == (1.0, "heavy", "sgd")
+    unrolled = MisleaderTrainingArguments(output_dir=str(tmp_path), report_to="none")  # the default objective
+    assert unrolled.objective == "unrolled"
+    assert (unrolled.misleader_lambda, unrolled.augmentation, unrolled.attacker_optimizer) == (0.5, "heavy", "sgd")
     assert unrolled.attacker_reset_epochs == 2.0
-    alternating = make_args(tmp_path)
+    alternating = make_args(tmp_path, objective="alternating")
     assert (alternating.misleader_lambda, alternating.augmentation, alternating.attacker_optimizer) == (0.01, "mild", "adam")
     mine = make_args(tmp_path, objective="unrolled", misleader_lambda=0.3, augmentation="mild")
     assert (mine.misleader_lambda, mine.augmentation) == (0.3, "mild")  # what the user sets wins
