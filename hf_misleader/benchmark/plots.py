@@ -113,10 +113,14 @@ def _panels(rows, title, num_labels):
     return points, pools, styles, figure, axes, chance, spread
 
 
+# Three columns: with four, long victim names pushed the legend past both edges of a one-panel figure.
+LEGEND_COLUMNS = 3
+
+
 def _figure(pools, title, entries):
     # Room under the panels for the legend, which grows with the number of defences and victims.
-    legend_rows = -(-entries // 4)
-    # At least 10 inches wide: a one-panel figure must still hold its four-column legend.
+    legend_rows = -(-entries // LEGEND_COLUMNS)
+    # At least 10 inches wide: a one-panel figure must still hold its legend.
     figure = Figure(figsize=(max(5.5 * len(pools) + 1, 10), 4.6 + 0.28 * legend_rows), layout="constrained")
     FigureCanvasAgg(figure)
     axes = figure.subplots(1, len(pools), sharey=True, squeeze=False)[0]
@@ -133,14 +137,14 @@ def _draw_chance(axes, chance):
 
 def _legend(figure, handles):
     if handles:  # one legend under all panels: inside one it would cover what it explains
-        figure.legend(handles=handles, loc="outside lower center", ncol=4, fontsize="small", frameon=False)
+        figure.legend(handles=handles, loc="outside lower center", ncol=LEGEND_COLUMNS, fontsize="small", frameon=False)
     return figure
 
 
 def _save(figure, path):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
+    figure.savefig(path, dpi=120, bbox_inches="tight")  # long victim names must not be cut off at the edges
     figure.clear()
     return path
 
