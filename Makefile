@@ -31,7 +31,7 @@ test-slow: setup
 	$(BIN)/python -m pytest -q -m slow
 
 # The extraction benchmark. bench-quick: the toy config (plumbing, under a minute). bench: the recorded MNIST runs of
-# benchmarks/RESULTS.md (the demo's victims behind every output defence; then the objectives, about 1.5 h on 2 cores).
+# benchmarks/RESULTS.md (the demo's victims behind every output defence; then the objectives, about 3 h on 2 cores).
 bench-quick: setup
 	$(BIN)/hf-misleader benchmark --config benchmarks/configs/tiny.yaml
 
@@ -47,15 +47,20 @@ bench-cost: setup
 	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/training_cost.py --steps 300 --repeats 3
 	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/serving_cost.py
 
-# The victims of benchmarks/configs/objectives.yaml: one teacher, then ensembles per objective and student seed.
+# The victims of benchmarks/configs/objectives*.yaml: one teacher, then ensembles per objective and student seed; first
+# with the earlier default members (MobileNetV2, ConvNeXt), then with three ResNets (the defaults since).
 OBJECTIVE_VICTIMS := unrolled-seed0 alternating-seed0 misinformation-seed0 \
-    unrolled-lambda0.3-seed0 unrolled-lambda0.3-seed1 unrolled-lambda0.3-seed2
+    unrolled-lambda0.3-seed0 unrolled-lambda0.3-seed1 unrolled-lambda0.3-seed2 \
+    resnets-alternating-lambda1.0-seed0 resnets-misinformation-lambda1.0-seed0 \
+    resnets-unrolled-lambda0.5-seed0 resnets-unrolled-lambda0.5-seed1 resnets-unrolled-lambda0.5-seed2 \
+    resnets-unrolled-lambda1.0-seed0 resnets-unrolled-lambda1.0-seed1 resnets-unrolled-lambda1.0-seed2
 objectives-victims: setup
 	test -d outputs/issue7/unrolled-seed0/teacher-model || $(BIN)/hf-misleader defend --config benchmarks/configs/victims/teacher.yaml
 	for victim in $(OBJECTIVE_VICTIMS); do $(BIN)/hf-misleader defend --config benchmarks/configs/victims/$$victim.yaml || exit 1; done
 
 objectives: objectives-victims
 	$(BIN)/hf-misleader benchmark --config benchmarks/configs/objectives.yaml
+	$(BIN)/hf-misleader benchmark --config benchmarks/configs/objectives_resnets.yaml
 	$(BIN)/hf-misleader benchmark --config benchmarks/configs/objectives_unpermuting.yaml
 
 clean:
