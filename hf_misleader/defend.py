@@ -29,7 +29,7 @@ logger = transformers_logging.get_logger(__name__)
 
 # Three ResNets of different widths and depths. Measured on 2,200 MNIST digits (benchmarks/RESULTS.md, issue 7):
 # they converge in 8 epochs where MobileNetV2 and ConvNeXt presets do not (those cost 1.3 points of utility under
-# plain distillation), and they serve about 3x faster than an ensemble with MobileNetV2 (its 52 convolutions).
+# plain distillation), and they serve faster than an ensemble with MobileNetV2 (2.1x the teacher's latency, not 3.3x).
 DEFAULT_MEMBERS = ("resnet-tiny", "resnet-small", "resnet-deep")
 DEFAULT_TEXT_MEMBERS = ("bert-tiny", "distilbert-tiny", "bert-small")
 # What each modality's batches hold, and the ensemble class that serves it.
