@@ -249,6 +249,24 @@ def test_recorded_mnist_config_is_valid(tmp_path):
     assert {run.defense for run in runs if run.answers == "averaging"} == {"gaussian_noise"}
 
 
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda path: path.name)
+def test_every_shipped_config_is_valid(path, tmp_path):
+    config = yaml.safe_load(path.read_text())
+    (tmp_path / "config.json").write_text("{}")  # stands in for the victims the recorded runs trained first
+    for victim in config["victims"]:
+        if isinstance(victim, dict) and "path" in victim:
+            victim["path"] = str(tmp_path)
+    runs = plan_runs(load_config(config))
+    assert runs and all(run.budget in config["budgets"] for run in runs)
+
+
+def test_missing_recorded_victim_names_the_make_target():
+    config = yaml.safe_load((CONFIGS / "objectives_resnets.yaml").read_text())
+    config["victims"] = [{"name": "gone", "path": "outputs/issue7/nowhere/defended-model"}]
+    with pytest.raises(BenchmarkConfigError, match=r"victims\[0\]\.path: .*make objectives-victims"):
+        load_config(config)
+
+
 def test_extraction_metric_is_a_local_evaluate_module():
     from hf_misleader.metrics import load_extraction_metric
 
