@@ -31,6 +31,12 @@ def cell(rows, key, scale=100.0):
     return f"{sum(values) / len(values):.1f} ({min(values):.1f}-{max(values):.1f}; {ways})"
 
 
+def defence_label(row) -> str:
+    """The defence, with its parameters when it has some (a row without the field is taken as unparameterised)."""
+    params = row.get("defense_params", "{}")
+    return row["defense"] if params == "{}" else f"{row['defense']} {params}"
+
+
 def utility(rows):
     # One defended accuracy per student seed (the clone seed does not change it).
     by_victim = {row["victim"]: row["defended_accuracy"] * 100 for row in rows}
@@ -42,7 +48,8 @@ def utility(rows):
 def seed_table(folders) -> str:
     groups = defaultdict(list)
     for row in worst_case_rows(folders):
-        groups[(recipe_name(row["victim"]), row["defense"], row["attack"], row["pool"])].append(row)
+        # The parameters belong to the served model: one defence at two settings is two rows.
+        groups[(recipe_name(row["victim"]), defence_label(row), row["attack"], row["pool"])].append(row)
     budgets = sorted({row["budget"] for rows in groups.values() for row in rows})
     header = "| served model | defence | utility (test) | " + " | ".join(f"worst case {b:,}" for b in budgets) + " | runs |"
     lines = [header, "|" + "---|" * (4 + len(budgets))]

@@ -31,3 +31,15 @@ def test_student_seeds_of_one_recipe_share_a_row(tmp_path):
     assert "30.0 (20.0-40.0; label_only/soft)" in unrolled and unrolled.endswith("| 3 |")
     teacher = next(line for line in table if line.startswith("| teacher |"))
     assert "55.0 (55.0-55.0; soft)" in teacher and teacher.endswith("| 1 |")
+
+
+def test_two_settings_of_one_defence_are_two_rows(tmp_path):
+    low, high = '{"beta": 0.3, "gamma": 0.4}', '{"beta": 1.5, "gamma": 0.4}'
+    rows = [{**worst_case("teacher", 1500, 0, 0.50, 0.973), "defense": "reverse_sigmoid", "defense_params": low},
+            {**worst_case("teacher", 1500, 0, 0.20, 0.960), "defense": "reverse_sigmoid", "defense_params": high},
+            {**worst_case("teacher", 1500, 0, 0.60, 0.973), "defense_params": "{}"}]
+    (tmp_path / "results.json").write_text(json.dumps(rows))
+    table = load_seed_table().seed_table([tmp_path]).splitlines()
+    assert table[2:] == ["| teacher | none | 97.3 | 60.0 (60.0-60.0; soft) | 1 |",
+                         f"| teacher | reverse_sigmoid {low} | 97.3 | 50.0 (50.0-50.0; soft) | 1 |",
+                         f"| teacher | reverse_sigmoid {high} | 96.0 | 20.0 (20.0-20.0; soft) | 1 |"]
