@@ -31,7 +31,7 @@ from .configuration_misleader import checked_output_defense
 from .defend import defend, validation_accuracy
 from .members import IMAGE_PRESETS, build_image_member, list_presets
 from .paths import output_folder
-from .trainer import accuracy_metric, end_distributed_run
+from .trainer import accuracy_metric, end_distributed_run, wait_for_every_process
 from .training_args import MisleaderTrainingArguments
 
 TASKS = ("image", "text")
@@ -342,6 +342,7 @@ def run_recipe(arguments: DefendArguments, training_args: MisleaderTrainingArgum
     )
     defended.config.teacher_name_or_path = arguments.teacher_name_or_path
     save_directory = Path(arguments.save_directory or os.path.join(training_args.output_dir, "defended-model"))
+    wait_for_every_process()  # process 0 deletes the training checkpoints below: no other may still be reading them
     if training_args.process_index == 0:  # every process holds the same ensemble; one writes it
         defended.save_pretrained(save_directory)
         processor.save_pretrained(save_directory)

@@ -455,6 +455,9 @@ class MisleaderTrainer(Trainer):
             }
             torch.save(state, os.path.join(folder, ATTACKER_STATE_NAME))
         super()._save_checkpoint(model, trial)
+        # No process goes on until every file of this checkpoint is written and older ones are rotated out: another
+        # process may load it as the best model next, and the recipe's process 0 deletes checkpoints at the end.
+        self.accelerator.wait_for_everyone()
 
     def _load_student(self, folder):
         # Through from_pretrained, which maps saved key names to the current ones: the stock loaders call
@@ -463,7 +466,11 @@ class MisleaderTrainer(Trainer):
         student.load_state_dict(type(student).from_pretrained(folder).state_dict())
 
     def _load_best_model(self):
+        # The stock Trainer has no barrier here: one process could read the best checkpoint while process 0 still
+        # writes it, or after it has moved on and deleted it (seen under torchrun: "no file named model.safetensors").
+        self.accelerator.wait_for_everyone()
         self._load_student(self.state.best_model_checkpoint)
+        self.accelerator.wait_for_everyone()
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         self._load_student(resume_from_checkpoint)
@@ -534,5 +541,11 @@ def end_distributed_run(wait: bool = True):
     does not wait: the others may never reach the barrier."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         if wait:
-            torch.distributed.barrier()
+            wait_for_every_process()
         torch.distributed.destroy_process_group()
+
+
+def wait_for_every_process():
+    """A barrier across processes when there are several (a no-op on one)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()

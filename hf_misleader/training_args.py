@@ -1,9 +1,11 @@
 """Training arguments of the MISLEADER trainer: the stock ones plus the defence's own."""
 
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Optional
 
+import torch
 from transformers import TrainingArguments
 
 from .augment import IMAGE_POLICIES, TEXT_POLICIES
@@ -113,6 +115,10 @@ class MisleaderTrainingArguments(TrainingArguments):
     )
 
     def __post_init__(self):
+        if not self.use_cpu and int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.accelerator.is_available():
+            # Under torchrun on a machine without an accelerator, transformers 5 leaves the arguments NOT_PARALLEL
+            # unless use_cpu is set: every process would train alone, as process 0, into the same files.
+            self.use_cpu = True
         super().__post_init__()
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}.")

@@ -149,7 +149,13 @@ def test_defend_config_trains_and_saves_a_servable_ensemble(tmp_path):
 
 @pytest.mark.slow
 def test_recipe_under_torchrun_two_processes(tmp_path):
-    config = write_config(tmp_path)
+    # Checkpoints every epoch, the best one loaded at the end, then removed by process 0: every process must have
+    # finished with a checkpoint before another reads or deletes it (this raced: "no file named model.safetensors").
+    # Without use_cpu, as in the shipped configs: on a machine with no GPU the processes must still form one DDP job.
+    config = write_config(tmp_path, num_train_epochs=2, save_strategy="epoch", save_total_limit=1,
+                          load_best_model_at_end=True, metric_for_best_model="accuracy")
+    config.write_text(config.read_text().replace("use_cpu: true\n", ""))
+    assert "use_cpu" not in config.read_text()
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
                os.path.join(ROOT, "trainers", "image_classification.py"), str(config)]
     done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
@@ -157,6 +163,7 @@ def test_recipe_under_torchrun_two_processes(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     folder = tmp_path / "run" / "defended-model"
     assert json.loads((folder / "defence_summary.json").read_text())["processes"] == 2
+    assert not list((tmp_path / "run").glob("member-*"))  # training checkpoints removed once the ensemble is saved
     model = AutoModelForImageClassification.from_pretrained(folder)
     with torch.no_grad():
         probabilities = model(pixel_values=torch.zeros(2, 3, 16, 16)).logits.softmax(-1)
