@@ -61,17 +61,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv=None) -> int:
-    arguments = build_parser().parse_args(argv)
+def report_errors(prog: str, function, *args, **kwargs) -> int:
+    """Run `function`; the exit status, with a user's error (a bad config, a missing file) as one line on stderr,
+    not a traceback. Also the recipe scripts' (`trainers/*_classification.py`) entry point."""
     try:
-        arguments.handler(arguments)
+        function(*args, **kwargs)
     except (ValueError, ImportError, OSError) as error:
-        print(f"hf-misleader {arguments.command}: error: {error}", file=sys.stderr)
+        print(f"{prog}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # what was finished is on disk (a benchmark resumes from it); no traceback
-        print(f"\nhf-misleader {arguments.command}: interrupted.", file=sys.stderr)
+        print(f"\n{prog}: interrupted.", file=sys.stderr)
         return 130
     return 0
+
+
+def main(argv=None) -> int:
+    arguments = build_parser().parse_args(argv)
+    return report_errors(f"hf-misleader {arguments.command}", arguments.handler, arguments)
 
 
 if __name__ == "__main__":

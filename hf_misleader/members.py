@@ -5,7 +5,14 @@ small inputs (28x28 to 64x64); text presets take the teacher's vocabulary and ma
 share its tokenizer. Pass a config object instead for anything else.
 """
 
+import json
+from pathlib import Path
+
 from transformers import AutoConfig, AutoModelForImageClassification, PretrainedConfig, PreTrainedModel
+from transformers.models.auto.modeling_auto import (
+    MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES,
+    MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
+)
 
 IMAGE_PRESETS = {
     "resnet-tiny": dict(
@@ -51,6 +58,28 @@ def list_presets(modality: str = None) -> list[str]:
     if modality is not None and modality not in presets:
         raise ValueError(f"modality must be 'image' or 'text', got {modality!r}.")
     return sorted(name for kind, table in presets.items() if modality in (None, kind) for name in table)
+
+
+def saved_model_modality(path) -> str | None:
+    """`"image"` or `"text"`: what the classifier saved in folder `path` reads, from its `config.json` (a MISLEADER
+    ensemble's from its members); None where that cannot be told (no readable config, an unknown `model_type`)."""
+    try:
+        config = json.loads((Path(path) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return _config_modality(config)
+
+
+def _config_modality(config):
+    if not isinstance(config, dict):
+        return None
+    if config.get("model_type") == "misleader":
+        found = {_config_modality(member) for member in config.get("members") or []}
+        return found.pop() if len(found) == 1 else None
+    # Which Auto class maps the model type: image or sequence classification (a few types, e.g. perceiver, are both).
+    image = config.get("model_type") in MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
+    text = config.get("model_type") in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
+    return "image" if image and not text else "text" if text and not image else None
 
 
 def _plain_member(member, presets, modality):

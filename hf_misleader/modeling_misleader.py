@@ -115,6 +115,13 @@ class MisleaderPreTrainedModel(PreTrainedModel):
             members.append(auto_class.from_config(member_config))
         return nn.ModuleList(members)
 
+    def _require_main_input(self, value, kwargs):
+        """A missing main input is named here: `**kwargs` takes any other one (e.g. `input_ids` for an image
+        ensemble), which would otherwise fail deep inside a member on `None`."""
+        if value is None:
+            raise ValueError(f"{type(self).__name__} needs `{self.main_input_name}`; got "
+                             f"{', '.join(f'`{name}`' for name in kwargs) or 'no input'}.")
+
     def _aggregate(self, member_logits, labels, output_member_logits):
         logits = apply_output_defense(soft_vote(member_logits), self.config.output_defense)
         loss = None
@@ -134,6 +141,7 @@ class MisleaderEnsembleForImageClassification(MisleaderPreTrainedModel):
         self.post_init()
 
     def forward(self, pixel_values=None, labels=None, output_member_logits=False, return_dict=None, **kwargs):
+        self._require_main_input(pixel_values, kwargs)
         member_logits = torch.stack([member(pixel_values=pixel_values).logits for member in self.members], dim=1)
         return self._aggregate(member_logits, labels, output_member_logits)
 
@@ -156,6 +164,7 @@ class MisleaderEnsembleForSequenceClassification(MisleaderPreTrainedModel):
         return_dict=None,
         **kwargs,
     ):
+        self._require_main_input(input_ids, kwargs)
         member_logits = []
         for member in self.members:
             inputs = {"input_ids": input_ids, "attention_mask": attention_mask}

@@ -5,6 +5,7 @@ YAML (or command-line) arguments in, a saved defended ensemble out. Runs as one 
 import dataclasses
 import difflib
 import json
+import math
 import os
 import shutil
 import sys
@@ -29,7 +30,7 @@ from transformers import (
 from . import data as builtin_data
 from .configuration_misleader import checked_output_defense
 from .defend import defend, validation_accuracy
-from .members import IMAGE_PRESETS, build_image_member, list_presets
+from .members import IMAGE_PRESETS, build_image_member, list_presets, saved_model_modality
 from .paths import output_folder
 from .trainer import accuracy_metric, end_distributed_run, wait_for_every_process
 from .training_args import MisleaderTrainingArguments
@@ -110,14 +111,24 @@ class DefendArguments:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}.")
-        if self.teacher_epochs < 0:
-            raise ValueError(f"teacher_epochs must be >= 0, got {self.teacher_epochs}.")
+        checks = (  # else the teacher's training fails inside torch, or trains nothing, once the data is loaded
+            ("teacher_epochs", math.isfinite(self.teacher_epochs) and self.teacher_epochs >= 0, "a finite number >= 0"),
+            ("teacher_learning_rate", math.isfinite(self.teacher_learning_rate) and self.teacher_learning_rate > 0,
+             "a finite number > 0"),
+        )
+        for name, ok, rule in checks:
+            if not ok:
+                raise ValueError(f"{name} must be {rule}, got {getattr(self, name)}.")
+        # A saved model of the other modality would fail to load as this task's classifier, after the data is read.
+        found = saved_model_modality(self.teacher_name_or_path) if os.path.isdir(self.teacher_name_or_path) else None
+        if found not in (None, self.task):
+            raise ValueError(f"teacher_name_or_path {self.teacher_name_or_path!r} classifies {found} inputs, but task "
+                             f"is {self.task!r}.")
         self.output_defense = _output_defense(self.output_defense)
         if self.members is not None:
             known = list_presets(self.task)
             if not self.members or not isinstance(self.members, list) or not all(
-                member in known if isinstance(member, str) else isinstance(member, dict) and "model_type" in member
-                for member in self.members
+                _is_member(member, known) for member in self.members
             ):
                 raise ValueError(
                     f"members must be a non-empty list of {self.task} presets {known} or config mappings with a "
@@ -126,6 +137,21 @@ class DefendArguments:
         pools = BUILTIN_POOLS[self.task]
         if self.attacker_pool is not None and self.attacker_pool not in pools and not os.path.isdir(self.attacker_pool):
             raise ValueError(f"attacker_pool must be one of {pools} or a saved data set folder, got {self.attacker_pool!r}.")
+
+
+def _is_member(member, known) -> bool:
+    """A member as a config may give it: one of the task's presets `known`, or a config mapping with a model_type."""
+    return member in known if isinstance(member, str) else isinstance(member, dict) and "model_type" in member
+
+
+def _checked(arguments, training_args) -> tuple[DefendArguments, MisleaderTrainingArguments]:
+    """What needs both argument groups: the simulated attacker is one of the task's member presets (or a config
+    mapping), checked as the members are, not once the teacher has trained."""
+    attacker, known = training_args.attacker_model, list_presets(arguments.task)
+    if attacker is not None and not _is_member(attacker, known):
+        raise ValueError(f"attacker_model must be one of the {arguments.task} presets {known} or a config mapping with "
+                         f"a model_type, got {attacker!r}.")
+    return arguments, training_args
 
 
 def _output_defense(value):
@@ -149,7 +175,7 @@ def parse_arguments(argv=None) -> tuple[DefendArguments, MisleaderTrainingArgume
     argv = sys.argv[1:] if argv is None else list(argv)
     if len(argv) == 1 and argv[0].endswith((".yaml", ".yml", ".json")):
         return load_config(argv[0])
-    return tuple(parser.parse_args_into_dataclasses(args=argv))
+    return _checked(*parser.parse_args_into_dataclasses(args=argv))
 
 
 def load_config(path) -> tuple[DefendArguments, MisleaderTrainingArguments]:
@@ -173,7 +199,7 @@ def load_config(path) -> tuple[DefendArguments, MisleaderTrainingArguments]:
         raise ValueError(f"{path}: unknown argument(s) {', '.join(hints)}.")
     config = {key: _as_field_type(key, value, fields[key]) for key, value in config.items()}
     parser = HfArgumentParser((DefendArguments, MisleaderTrainingArguments))
-    return tuple(parser.parse_dict(config, allow_extra_keys=False))
+    return _checked(*parser.parse_dict(config, allow_extra_keys=False))
 
 
 def _field_types() -> dict:
@@ -260,6 +286,7 @@ def _train_teacher(teacher, data, arguments, training_args):
         seed=training_args.seed,
         disable_tqdm=training_args.disable_tqdm,
         use_cpu=training_args.use_cpu,
+        dataloader_pin_memory=training_args.dataloader_pin_memory,  # off without an accelerator (it only warns)
         dataloader_num_workers=training_args.dataloader_num_workers,
     )
     trainer = Trainer(
@@ -372,10 +399,10 @@ def _remove_training_checkpoints(output_dir: Path):
 
 def main(argv=None, task=None):
     """Entry point of `trainers/*_classification.py`: `python trainers/image_classification.py CONFIG.yaml`."""
-    arguments, training_args = parse_arguments(argv)
-    if task is not None and arguments.task != task:
-        raise ValueError(f"This recipe defends {task} classifiers; the config says task={arguments.task!r}.")
-    try:
+    try:  # a refused config too: under torchrun, the arguments may already have opened the process group
+        arguments, training_args = parse_arguments(argv)
+        if task is not None and arguments.task != task:
+            raise ValueError(f"This recipe defends {task} classifiers; the config says task={arguments.task!r}.")
         saved = run_recipe(arguments, training_args)
     except BaseException:
         end_distributed_run(wait=False)

@@ -119,18 +119,24 @@ class MisleaderTrainingArguments(TrainingArguments):
             # Under torchrun on a machine without an accelerator, transformers 5 leaves the arguments NOT_PARALLEL
             # unless use_cpu is set: every process would train alone, as process 0, into the same files.
             self.use_cpu = True
+        if not torch.accelerator.is_available():
+            # Pinned memory only speeds copies to an accelerator; without one each DataLoader just warns about it.
+            self.dataloader_pin_memory = False
         super().__post_init__()
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}.")
         for name, value in OBJECTIVE_DEFAULTS[self.objective].items():
             if getattr(self, name) is None:
                 setattr(self, name, value)
+        # Inherited fields too: the stock arguments accept values that train nothing and "succeed", or that fail only
+        # once training has started, inside torch, without the field's name.
         for name in ("misleader_lambda", "temperature", "alpha", "attacker_learning_rate", "augmentation_strength",
-                     "attacker_reset_epochs", "unrolled_step_size", "divergence_accuracy_ratio"):
+                     "attacker_reset_epochs", "unrolled_step_size", "divergence_accuracy_ratio", "learning_rate"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise ValueError(f"{name} must be a finite number, got {value!r}.")
-        for name in ("attacker_steps", "attacker_batch_size"):
+        for name in ("attacker_steps", "attacker_batch_size", "per_device_train_batch_size",
+                     "per_device_eval_batch_size", "gradient_accumulation_steps"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}.")
@@ -143,6 +149,8 @@ class MisleaderTrainingArguments(TrainingArguments):
             ("attacker_reset_epochs", self.attacker_reset_epochs >= 0, ">= 0"),
             ("unrolled_step_size", self.unrolled_step_size > 0, "> 0"),
             ("divergence_accuracy_ratio", 0.0 <= self.divergence_accuracy_ratio < 1.0, "in [0, 1)"),
+            ("learning_rate", self.learning_rate > 0, "> 0"),
+            ("num_train_epochs", self.max_steps > 0 or self.num_train_epochs > 0, "> 0 unless max_steps > 0"),
         )
         for name, ok, rule in checks:
             if not ok:

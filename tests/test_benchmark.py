@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 from datasets import Dataset
+from transformers import BertConfig
 
 from hf_misleader import benchmark
 from hf_misleader.benchmark import data as benchmark_data
@@ -20,6 +21,9 @@ from hf_misleader.benchmark.results import COLUMNS, worst_case_rows
 from hf_misleader.benchmark.runs import RUN_KEY, plan_runs
 from hf_misleader.benchmark.schema import DATASETS, NUM_LABELS
 from hf_misleader.cli import main as cli_main
+from hf_misleader.configuration_misleader import MisleaderConfig
+from hf_misleader.data import image_processor
+from hf_misleader.members import image_member_config
 
 CONFIGS = Path(__file__).resolve().parent.parent / "benchmarks" / "configs"
 TINY = CONFIGS / "tiny.yaml"
@@ -195,6 +199,11 @@ INVALID = [
     (_with(["attacks", 0, "answers"], ["soft", "guessing"]), r"attacks\[0\]\.answers\[1\]: knockoff takes answers"),
     (_with(["attacks", 0, "epochs"], 3), r"attacks\[0\]\.epochs: set by the benchmark itself"),
     (_with(["attacks", 0, "averaging"], {"repeat": 5}), r"attacks\[0\]\.averaging\.repeat: not an argument"),
+    (_with(["attacks", 0, "averaging"], {"repeats": 0}), r"attacks\[0\]\.averaging\.repeats: expected an integer >= 1"),
+    (_with(["attacks", 0, "averaging"], {"repeats": 60}),
+     r"attacks\.knockoff\.averaging\.repeats: 60 repeats .* exceed the smallest budget \(50\)"),
+    (_with(["attacks", 0], {"name": "knockoff", "answers": ["inverting"], "inverting": {"simulations": 0}}),
+     r"attacks\[0\]\.inverting\.simulations: expected an integer >= 1"),
     (_with(["attacks"], [{"name": "jbda", "answers": ["averaging"]}]), r"attacks\[0\]\.answers\[0\]: jbda takes"),
     (_with(["pools", 1], "random_words"), r"pools\[1\]\.name: expected 'in_distribution' or one of the image surrogate"),
     (_with(["pools", 1], "mnist_5k"), r"pools\[1\]\.name: mnist_5k is the victim's own data"),
@@ -230,6 +239,48 @@ def test_numbers_yaml_reads_as_text_are_explained(path, text, message, tmp_path)
         assert isinstance(yaml.safe_load(f"x: {advice}")["x"], float)
 
 
+@pytest.mark.parametrize("text", ["a: b: c\n", "name: tiny\n\tdataset: {}\n"], ids=["mapping", "tab"])
+def test_malformed_yaml_is_a_one_line_error(text, tmp_path, capsys):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(BenchmarkConfigError, match=f"{path} is not valid YAML: .* line \\d+, column \\d+"):
+        load_config(path)
+    assert cli_main(["benchmark", "--config", str(path), "--output-dir", str(tmp_path / "never")]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("hf-misleader benchmark: error: ") and error.count("\n") == 1
+
+
+def _saved_victim(folder, config, image_size=None):
+    """A victim folder as the checks read it: its config (and image processor), no weights needed."""
+    config.save_pretrained(folder)
+    if image_size:
+        image_processor(image_size).save_pretrained(folder)
+    return {"name": "saved", "path": str(folder)}
+
+
+def test_a_victim_processing_other_image_sizes_is_refused_at_load(tmp_path):
+    victim = _saved_victim(tmp_path / "victim", image_member_config("resnet-tiny", 10), image_size=32)
+    with pytest.raises(BenchmarkConfigError, match=r"victims\[1\]\.path: victim .* processes images differently from "
+                       r"the benchmark \(\['size'\]\); set dataset.image_size to match it"):
+        load_config(_with(["victims"], ["teacher", victim]))
+    config = _with(["victims"], ["teacher", victim])
+    config["dataset"]["image_size"] = 32
+    assert load_config(config).victims[1]["path"] == victim["path"]
+
+
+def test_a_victim_of_the_other_modality_is_refused_at_load(tmp_path):
+    text_victim = _saved_victim(tmp_path / "bert", BertConfig(num_labels=10))
+    with pytest.raises(BenchmarkConfigError, match=r"victims\[1\]\.path: victim 'saved' \(.*\) classifies text inputs, "
+                       r"but mnist_5k holds image data\.$"):
+        load_config(_with(["victims"], ["teacher", text_victim]))
+    # An ensemble's modality is its members'.
+    ensemble = MisleaderConfig(members=[image_member_config("resnet-tiny", 2)])
+    image_victim = _saved_victim(tmp_path / "ensemble", ensemble, image_size=16)
+    with pytest.raises(BenchmarkConfigError, match=r"victims\[0\]\.path: .* classifies image inputs, but rotten_tomatoes "
+                       r"holds text data"):
+        load_config({**TINY_TEXT, "victims": [image_victim]})
+
+
 def test_missing_fashion_mnist_is_a_clear_error(monkeypatch):
     monkeypatch.setattr("hf_misleader.data.FASHION_MNIST_DIR", "/nonexistent/fashion-mnist")
     with pytest.raises(BenchmarkConfigError, match=r"pools\[1\]\.name: .*apt-get install dataset-fashion-mnist"):
@@ -249,6 +300,15 @@ def test_recorded_mnist_config_is_valid(tmp_path):
     assert {run.defense for run in runs if run.answers == "averaging"} == {"gaussian_noise"}
 
 
+def test_averaging_repeats_only_bound_budgets_where_averaging_runs():
+    config = yaml.safe_load((CONFIGS / "tiny.yaml").read_text())
+    config["budgets"] = [3]  # below the default 5 repeats: averaging, run only against a randomised defence, cannot
+    with pytest.raises(BenchmarkConfigError, match="exceed the smallest budget"):
+        load_config(config)
+    config["defenses"] = ["none", "top1"]  # nothing randomised: averaging never runs, so small budgets are fine
+    assert {run.answers for run in plan_runs(load_config(config))} == {"soft", "label_only"}
+
+
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda path: path.name)
 def test_every_shipped_config_is_valid(path, tmp_path):
     config = yaml.safe_load(path.read_text())
@@ -258,6 +318,16 @@ def test_every_shipped_config_is_valid(path, tmp_path):
             victim["path"] = str(tmp_path)
     runs = plan_runs(load_config(config))
     assert runs and all(run.budget in config["budgets"] for run in runs)
+
+
+def test_the_readme_config_is_valid(tmp_path):
+    readme = (CONFIGS.parents[1] / "README.md").read_text()
+    block = readme.split("### The config", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    config = yaml.safe_load(block)
+    (tmp_path / "config.json").write_text("{}")  # stands in for the demo's outputs/demo/defended-model
+    config["victims"][1]["path"] = str(tmp_path)
+    runs = plan_runs(load_config(config))
+    assert {run.attack for run in runs} == {"knockoff", "jbda"} and {run.victim for run in runs} == {"teacher", "defended"}
 
 
 def test_missing_recorded_victim_names_the_make_target():

@@ -297,6 +297,20 @@ def test_sequence_ensemble_passes_each_member_what_it_takes(text_inputs):
     assert not torch.equal(unmasked, output.logits)
 
 
+def test_missing_main_input_is_named(images, text_inputs):
+    # Any other input lands in **kwargs: without the check, a member fails on None ("'NoneType' object has no
+    # attribute 'shape'").
+    image_ensemble, _ = make_ensemble(("resnet-tiny",))
+    with pytest.raises(ValueError, match="MisleaderEnsembleForImageClassification needs `pixel_values`; got `input_ids`"):
+        image_ensemble(input_ids=text_inputs["input_ids"])
+    with pytest.raises(ValueError, match="needs `pixel_values`; got no input"):
+        image_ensemble()
+    text_ensemble_, _ = text_ensemble()
+    with pytest.raises(ValueError, match="MisleaderEnsembleForSequenceClassification needs `input_ids`; got "
+                                         "`pixel_values`"):
+        text_ensemble_(pixel_values=images, attention_mask=text_inputs["attention_mask"])
+
+
 def test_sequence_ensemble_round_trip(tmp_path, text_inputs):
     ensemble, _ = text_ensemble()
     ensemble.save_pretrained(tmp_path)

@@ -8,10 +8,12 @@ import sys
 import pytest
 import torch
 import yaml
-from transformers import AutoModelForImageClassification, pipeline
+from transformers import AutoModelForImageClassification, BertConfig, pipeline
 
+from hf_misleader import recipe
 from hf_misleader.cli import main as cli_main
 from hf_misleader.data import load_sklearn_digits
+from hf_misleader.members import image_member_config
 from hf_misleader.recipe import load_config, parse_arguments
 
 from .test_distributed import free_port
@@ -69,7 +71,9 @@ def test_malformed_files_are_one_line_errors(tmp_path, text, message):
     [({"members": ["resnet-huge"]}, "members must be a non-empty list of image presets"),
      ({"members": []}, "members must be a non-empty list"), ({"members": ["bert-tiny"]}, "image presets"),
      ({"members": [{"hidden_sizes": [8, 16]}]}, "config mappings with a model_type"),
-     ({"attacker_pool": "cifar"}, "attacker_pool must be one of"), ({"output_defense": "top1"}, "output_defense")],
+     ({"attacker_pool": "cifar"}, "attacker_pool must be one of"), ({"output_defense": "top1"}, "output_defense"),
+     ({"attacker_model": "resnet-huge"}, "attacker_model must be one of the image presets"),
+     ({"attacker_model": "bert-tiny"}, "attacker_model must be one of the image presets")],
 )
 def test_what_defend_would_refuse_is_refused_before_the_teacher_trains(tmp_path, changes, message):
     with pytest.raises(ValueError, match=message):
@@ -92,7 +96,12 @@ def test_output_defense_by_name_or_mapping(tmp_path):
 @pytest.mark.parametrize(
     "changes, message",
     [({"task": "audio"}, "task must be one of"), ({"train_size": 0}, "train_size must be a positive integer"),
-     ({"output_defense": "{not json"}, "output_defense must be a name or a JSON object"), ({"misleader_lambda": -1}, "misleader_lambda")],
+     ({"output_defense": "{not json"}, "output_defense must be a name or a JSON object"), ({"misleader_lambda": -1}, "misleader_lambda"),
+     ({"teacher_learning_rate": 0}, "teacher_learning_rate must be a finite number > 0"),
+     ({"teacher_learning_rate": -2e-3}, "teacher_learning_rate must be"), ({"teacher_epochs": -1}, "teacher_epochs must be"),
+     ({"teacher_epochs": float("nan")}, "teacher_epochs must be a finite number >= 0, got nan"),
+     ({"num_train_epochs": 0}, "num_train_epochs must be > 0 unless max_steps > 0"),
+     ({"per_device_train_batch_size": 0}, "per_device_train_batch_size must be a positive integer")],
 )
 def test_bad_values_are_named(tmp_path, changes, message):
     with pytest.raises(ValueError, match=message):
@@ -105,6 +114,24 @@ def test_flags_work_like_the_file(tmp_path):
          "--objective", "misinformation", "--members", "resnet-tiny", "vit-tiny"]
     )
     assert arguments.members == ["resnet-tiny", "vit-tiny"] and training_args.objective == "misinformation"
+    with pytest.raises(ValueError, match="attacker_model must be one of the image presets .* got 'resnet-huge'"):
+        parse_arguments(["--teacher_name_or_path", "resnet-tiny", "--teacher_epochs", "1", "--output_dir",
+                         str(tmp_path), "--attacker_model", "resnet-huge"])
+
+
+def _saved_config(folder, config):
+    config.save_pretrained(folder)  # what tells a folder's modality: its config.json
+    return str(folder)
+
+
+@pytest.mark.parametrize("task, other", [("text", "image"), ("image", "text")])
+def test_a_teacher_folder_of_the_other_modality_is_refused_before_training(tmp_path, task, other):
+    teacher = image_member_config("resnet-tiny", 10) if other == "image" else BertConfig(num_labels=2)
+    changes = {"task": "text", "dataset_name": "rotten-tomatoes", "members": ["bert-tiny"],
+               "attacker_pool": "random-words"} if task == "text" else {}
+    config = write_config(tmp_path, teacher_name_or_path=_saved_config(tmp_path / "teacher", teacher), **changes)
+    with pytest.raises(ValueError, match=f"^teacher_name_or_path .* classifies {other} inputs, but task is '{task}'"):
+        load_config(config)
 
 
 def test_cli_errors_before_any_training(tmp_path, capsys):
@@ -129,6 +156,27 @@ def test_cli_refuses_an_output_folder_that_is_a_file(tmp_path, capsys, key):
     assert f"{key} {taken / 'run'} cannot be created: {taken} is a file" in capsys.readouterr().err
     assert taken.read_text() == "not a folder" and sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml",
                                                                                                 "notes.txt"]
+
+
+def test_teacher_training_pins_memory_only_with_an_accelerator(tmp_path, monkeypatch):
+    # Pinning without an accelerator does nothing but warn, once per DataLoader. Without use_cpu, as in the shipped
+    # configs (with it, the stock arguments already turn pinning off).
+    seen = []
+
+    class Recorder:
+        def __init__(self, model, args, **kwargs):
+            seen.append(args)
+            self.model = model
+
+        def train(self):
+            pass
+
+    monkeypatch.setattr(recipe, "Trainer", Recorder)
+    config = write_config(tmp_path)
+    config.write_text(config.read_text().replace("use_cpu: true\n", ""))
+    arguments, training_args = load_config(config)
+    recipe._train_teacher(torch.nn.Linear(1, 1), {"train": None, "validation": None}, arguments, training_args)
+    assert seen[0].dataloader_pin_memory is torch.accelerator.is_available()
 
 
 def test_defend_config_trains_and_saves_a_servable_ensemble(tmp_path):
@@ -174,4 +222,28 @@ def test_recipe_scripts_refuse_the_other_task(tmp_path):
     config = write_config(tmp_path)
     done = subprocess.run([sys.executable, os.path.join(ROOT, "trainers", "text_classification.py"), str(config)],
                           capture_output=True, text=True, cwd=ROOT, timeout=300)
-    assert done.returncode != 0 and "defends text classifiers" in done.stderr
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.endswith("text_classification.py: error: This recipe defends text classifiers; the config says "
+                                "task='image'.\n")
+
+
+@pytest.mark.parametrize("text, message", [(None, "No config file at"), ("members: [a: b\n", "is not valid YAML")],
+                         ids=["missing", "malformed"])
+def test_recipe_scripts_report_a_bad_config_in_one_line(tmp_path, text, message):
+    config = tmp_path / "config.yaml"
+    if text is not None:
+        config.write_text(text)
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "trainers", "image_classification.py"), str(config)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    last = done.stderr.splitlines()[-1]
+    assert last.startswith("image_classification.py: error: ") and message in last
+
+
+def test_a_refused_config_still_closes_the_process_group(tmp_path, monkeypatch):
+    # Under torchrun the arguments open the process group: a config refused afterwards must close it too.
+    closed = []
+    monkeypatch.setattr(recipe, "end_distributed_run", lambda wait=True: closed.append(wait))
+    with pytest.raises(ValueError, match="defends text classifiers"):
+        recipe.main([str(write_config(tmp_path))], task="text")
+    assert closed == [False]

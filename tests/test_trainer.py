@@ -245,6 +245,27 @@ def test_training_arguments_reject_bad_values(tmp_path, bad):
     with pytest.raises(ValueError, match=name):
         MisleaderTrainingArguments(output_dir=str(tmp_path), report_to="none", **bad)
 
+@pytest.mark.parametrize(
+    "bad",
+    [{"num_train_epochs": 0}, {"num_train_epochs": -1}, {"learning_rate": -1}, {"learning_rate": float("nan")},
+     {"per_device_train_batch_size": 0}, {"per_device_eval_batch_size": 0}, {"gradient_accumulation_steps": 0}],
+    ids=lambda bad: "-".join(f"{k}={v}" for k, v in bad.items()),
+)
+def test_training_arguments_reject_inherited_values_that_train_nothing_or_fail_later(tmp_path, bad):
+    # The stock arguments accept these: zero epochs "succeed" with an untrained model, the others fail inside torch.
+    (name,) = bad
+    with pytest.raises(ValueError, match=f"^{name} must be"):
+        MisleaderTrainingArguments(output_dir=str(tmp_path), report_to="none", **bad)
+    assert MisleaderTrainingArguments(output_dir=str(tmp_path), report_to="none", num_train_epochs=0,
+                                      max_steps=3).max_steps == 3  # max_steps counts instead of the epochs
+
+
+@pytest.mark.parametrize("accelerator", [False, True])
+def test_memory_is_pinned_only_with_an_accelerator(tmp_path, monkeypatch, accelerator):
+    monkeypatch.setattr(torch.accelerator, "is_available", lambda: accelerator)
+    assert MisleaderTrainingArguments(output_dir=str(tmp_path), report_to="none").dataloader_pin_memory is accelerator
+
+
 def test_training_arguments_accept_the_edges(tmp_path):
     args = MisleaderTrainingArguments(output_dir=str(tmp_path), report_to="none", misleader_lambda=0.0, alpha=1.0,
                                       augmentation="heavy")

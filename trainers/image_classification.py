@@ -8,7 +8,12 @@ Arguments: hf_misleader.recipe.DefendArguments and hf_misleader.MisleaderTrainin
 `--flags` (`--help` lists them). `hf-misleader defend --config FILE` runs the same recipe.
 """
 
+import os
+import sys
+
+from hf_misleader.cli import report_errors
 from hf_misleader.recipe import main
 
 if __name__ == "__main__":
-    main(task="image")
+    # A bad config is one line and exit status 2, as for `hf-misleader defend`; main() closes a torchrun process group.
+    sys.exit(report_errors(os.path.basename(__file__), main, task="image"))

@@ -11,6 +11,7 @@ import torch
 
 from .schema import (
     ADAPTIVE_ANSWERS,
+    ADAPTIVE_COUNTS,
     BASIC_ANSWERS,
     CLONE_TRAINING_KEYS,
     DATASETS,
@@ -32,7 +33,7 @@ from .schema import (
     no_unknown_keys,
 )
 from ..defenses import DEFENSES, build_defense
-from ..members import list_presets
+from ..members import list_presets, saved_model_modality
 
 
 def check_dataset(dataset):
@@ -91,7 +92,7 @@ def _how_to_make(path) -> str:
     return "for the demo's defended model run `hf-misleader demo` first."
 
 
-def check_victims(victims):
+def check_victims(victims, dataset):
     checked = []
     for i, victim in enumerate(check_list("victims", victims)):
         key = f"victims[{i}]"
@@ -107,12 +108,34 @@ def check_victims(victims):
                 raise BenchmarkConfigError(f"{key}.path", f"{path} is not a saved model folder (no config.json); "
                                            f"{_how_to_make(path)}")
             path = str(path)
+            _check_victim_inputs(f"{key}.path", victim["name"], path, dataset)
         elif victim["name"] != "teacher":
             raise BenchmarkConfigError(key, "a victim is either `teacher` (trained by the benchmark) or has a `path` "
                                        "to a saved model folder.")
         checked.append({"name": victim["name"], "path": path})
     no_duplicates("victims", [v["name"] for v in checked])
     return checked
+
+
+def _check_victim_inputs(key, name, path, dataset):
+    """A saved victim must read the benchmark's inputs (its modality; for images, dataset.image_size's processing):
+    checked now, not when it is loaded, after the benchmark's teacher has trained."""
+    modality = DATASETS[dataset["name"]][0]
+    found = saved_model_modality(path)
+    if found not in (None, modality):
+        raise BenchmarkConfigError(key, f"victim {name!r} ({path}) classifies {found} inputs, but {dataset['name']} "
+                                   f"holds {modality} data.")
+    saved_processor = Path(path) / "preprocessor_config.json"
+    if modality == "image" and saved_processor.is_file():
+        from .. import data
+
+        saved = json.loads(saved_processor.read_text())
+        ours = json.loads(data.image_processor(dataset["image_size"]).to_json_string())
+        keys = ("size", "image_mean", "image_std", "do_normalize", "do_rescale")
+        different = [key for key in keys if saved.get(key) != ours.get(key)]
+        if different:
+            raise BenchmarkConfigError(key, f"victim {path} processes images differently from the benchmark "
+                                       f"({different}); set dataset.image_size to match it.")
 
 
 def check_teacher(teacher, modality, needed):
@@ -203,7 +226,10 @@ def check_attack(key, spec, modality):
             adaptive[mode] = check_attack_kwargs(f"{key}.{mode}", ATTACKS[mode], settings)
     if "unpermuting" in answers:  # labelled samples come from the validation split
         adaptive.setdefault("unpermuting", {}).setdefault("labelled", 100)
-        check_int(f"{key}.unpermuting.labelled", adaptive["unpermuting"]["labelled"], minimum=1)
+    for mode, settings in adaptive.items():
+        for setting in ADAPTIVE_COUNTS[mode]:
+            if setting in settings:
+                check_int(f"{key}.{mode}.{setting}", settings[setting], minimum=1)
     kwargs = check_attack_kwargs(key, module, spec)
     return {"name": name, "answers": list(answers), "kwargs": kwargs, "adaptive": adaptive}
 
@@ -270,15 +296,21 @@ def check_clone(clone, modality):
     return {"model": model, "training": training}
 
 
-def check_budgets_fit(budgets, pools, attacks, validation):
-    """KnockoffNets and its variants ask each pool input once: a budget larger than a pool is an error, not a cap."""
+def check_budgets_fit(budgets, pools, attacks, validation, averaging_runs=True):
+    """KnockoffNets and its variants ask each pool input once: a budget larger than a pool is an error, not a cap.
+    Averaging's repeats of one input (where it runs: against a randomised defence) and un-permuting's labelled
+    samples must fit in the smallest budget."""
     for attack in attacks:
         if attack["name"] == "dfme":
             continue
+        repeats = attack["adaptive"].get("averaging", {}).get("repeats", 5)
+        if averaging_runs and "averaging" in attack["answers"] and repeats > min(budgets):
+            raise BenchmarkConfigError(f"attacks.{attack['name']}.averaging.repeats",
+                                       f"{repeats} repeats of each input (averaging's answers) exceed the smallest "
+                                       f"budget ({min(budgets)}).")
         for pool in pools:
             if attack["name"] == "knockoff" and pool["size"] is not None:
                 basic = [a for a in attack["answers"] if a != "averaging"]
-                repeats = attack["adaptive"].get("averaging", {}).get("repeats", 5)
                 needed = max(budgets) if basic else max(budgets) // repeats
                 if needed > pool["size"]:
                     raise BenchmarkConfigError(

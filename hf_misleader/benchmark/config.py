@@ -92,7 +92,11 @@ def load_config(config) -> BenchmarkConfig:
         path = Path(config)
         if not path.is_file():
             raise FileNotFoundError(f"No benchmark config at {path}.")
-        config = yaml.safe_load(path.read_text())
+        try:
+            config = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as error:  # one line naming the file and the spot, not the scanner's traceback
+            reason = " ".join(str(error).split())
+            raise BenchmarkConfigError("<top level>", f"{path} is not valid YAML: {reason}") from None
     if not isinstance(config, dict):
         raise BenchmarkConfigError("<top level>", f"expected a mapping, got {type(config).__name__}.")
     no_unknown_keys("<top level>", config, TOP_LEVEL_KEYS)
@@ -102,7 +106,7 @@ def load_config(config) -> BenchmarkConfig:
 
     dataset = check_dataset(config["dataset"])
     modality = DATASETS[dataset["name"]][0]
-    victims = check_victims(config["victims"])
+    victims = check_victims(config["victims"], dataset)
     teacher = check_teacher(config.get("teacher"), modality, needed=any(v["path"] is None for v in victims))
     defenses, built = check_defenses(config.get("defenses", ["none"]), modality)
     attacks = [check_attack(f"attacks[{i}]", spec, modality)
@@ -112,7 +116,8 @@ def load_config(config) -> BenchmarkConfig:
     budgets = check_int_list("budgets", config["budgets"], minimum=1)
     seeds = check_int_list("seeds", config.get("seeds", [0]), minimum=0)
     clone = check_clone(config.get("clone", {}), modality)
-    check_budgets_fit(budgets, pools, attacks, dataset["splits"]["validation"])
+    check_budgets_fit(budgets, pools, attacks, dataset["splits"]["validation"],
+                      averaging_runs=any(defense is not None and defense.randomised for defense in built))
     name = config.get("name", "benchmark")
     if not isinstance(name, str) or not name:
         raise BenchmarkConfigError("name", f"expected a non-empty string, got {name!r}.")

@@ -30,6 +30,9 @@ MINILM = "all-MiniLM-L6-v2"  # the pretrained text teacher shipped in PyPI gt-al
 # each only against the defences it answers (see `answers_apply`).
 BASIC_ANSWERS = LABEL_MODES  # ("soft", "label_only")
 ADAPTIVE_ANSWERS = ("averaging", "inverting", "unpermuting")
+# Their settings that are counts (>= 1), checked with the config rather than by the attack after other runs.
+ADAPTIVE_COUNTS = {"averaging": ("repeats",), "inverting": ("simulations", "inverter_steps"),
+                   "unpermuting": ("labelled",)}
 WORST_CASE = "worst_case"
 ANSWERS_ORDER = BASIC_ANSWERS + ADAPTIVE_ANSWERS  # in tables, and for ties of the worst case
 DEFAULT_ANSWERS = {"knockoff": ["soft", "label_only", "averaging", "inverting"]}
