@@ -175,12 +175,21 @@ def _settings(members):
 COLOURS = [f"C{i}" for i in range(10) if i != 7]
 
 
+UNDRAWN_BELOW_FLOOR = 10.0  # points of utility under the floor below which a served model is listed, not drawn
+
+
 def plot(points, path, title, chance=None, floor=None):
     """One panel per budget, worst-case clone accuracy across and utility up (top left is best): a line per defence
-    family through its settings, the front as a grey step line. `chance` is a fraction, `floor` in percent."""
+    family through its settings, the front as a grey step line. `chance` is a fraction, `floor` in percent. Served
+    models far below the floor (a setting that wrecks utility) are named in the legend instead of squashing the axis."""
     from matplotlib.lines import Line2D
 
     everyone = sorted({s for at in points.values() for s in at}, key=order)
+    lowest = None if floor is None else floor - UNDRAWN_BELOW_FLOOR
+    undrawn = [s for s in everyone if lowest is not None and min(100 * at[s].utility for at in points.values()
+                                                                 if s in at) < lowest]
+    points = {budget: {s: p for s, p in at.items() if s not in undrawn} for budget, at in points.items()}
+    everyone = [s for s in everyone if s not in undrawn]
     families = defaultdict(list)
     for served in everyone:
         families[(served.recipe, served.defense)].append(served)
@@ -192,6 +201,9 @@ def plot(points, path, title, chance=None, floor=None):
         extra.append(Line2D([], [], **CHANCE_STYLE, label=f"chance ({100 * chance:.0f}%)"))
     if floor is not None:
         extra.append(Line2D([], [], color="0.3", linestyle=":", linewidth=1.2, label=f"utility floor ({floor:.1f}%)"))
+    if undrawn:
+        extra.append(Line2D([], [], linestyle="none", label=f"not drawn, utility below {lowest:.0f}%: "
+                            + "; ".join(f"{s.recipe} {s.label}" for s in undrawn)))
     figure, axes = _figure(list(points), title, len(families) + len(extra))
     fronts = _fronts(points)
     for ax, (budget, at) in zip(axes, points.items()):
