@@ -178,18 +178,24 @@ COLOURS = [f"C{i}" for i in range(10) if i != 7]
 UNDRAWN_BELOW_FLOOR = 10.0  # points of utility under the floor below which a served model is listed, not drawn
 
 
+def undrawn_models(points, floor) -> list:
+    """The served models whose utility is more than `UNDRAWN_BELOW_FLOOR` points under `floor` (percent), in table
+    order: drawn, they would squash every other point into a line at the top of the panel."""
+    if floor is None:
+        return []
+    utility = {s: 100 * p.utility for at in points.values() for s, p in at.items()}
+    return sorted((s for s, u in utility.items() if u < floor - UNDRAWN_BELOW_FLOOR), key=order)
+
+
 def plot(points, path, title, chance=None, floor=None):
     """One panel per budget, worst-case clone accuracy across and utility up (top left is best): a line per defence
     family through its settings, the front as a grey step line. `chance` is a fraction, `floor` in percent. Served
     models far below the floor (a setting that wrecks utility) are named in the legend instead of squashing the axis."""
     from matplotlib.lines import Line2D
 
-    everyone = sorted({s for at in points.values() for s in at}, key=order)
-    lowest = None if floor is None else floor - UNDRAWN_BELOW_FLOOR
-    undrawn = [s for s in everyone if lowest is not None and min(100 * at[s].utility for at in points.values()
-                                                                 if s in at) < lowest]
+    undrawn = undrawn_models(points, floor)
     points = {budget: {s: p for s, p in at.items() if s not in undrawn} for budget, at in points.items()}
-    everyone = [s for s in everyone if s not in undrawn]
+    everyone = sorted({s for at in points.values() for s in at}, key=order)
     families = defaultdict(list)
     for served in everyone:
         families[(served.recipe, served.defense)].append(served)
@@ -202,8 +208,9 @@ def plot(points, path, title, chance=None, floor=None):
     if floor is not None:
         extra.append(Line2D([], [], color="0.3", linestyle=":", linewidth=1.2, label=f"utility floor ({floor:.1f}%)"))
     if undrawn:
-        extra.append(Line2D([], [], linestyle="none", label=f"not drawn, utility below {lowest:.0f}%: "
-                            + "; ".join(f"{s.recipe} {s.label}" for s in undrawn)))
+        listed = "; ".join(f"{s.recipe} {s.label}" for s in undrawn)
+        extra.append(Line2D([], [], linestyle="none",
+                            label=f"not drawn, utility below {floor - UNDRAWN_BELOW_FLOOR:.0f}%: {listed}"))
     figure, axes = _figure(list(points), title, len(families) + len(extra))
     fronts = _fronts(points)
     for ax, (budget, at) in zip(axes, points.items()):

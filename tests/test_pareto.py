@@ -168,3 +168,14 @@ def test_a_bad_max_utility_loss_is_refused(pareto, capsys, bad):
         pareto.main([str(RESNETS), "--pool", "fashion_mnist", "--attack", "knockoff", f"--max-utility-loss={bad}"])
     assert raised.value.code == 2 and capsys.readouterr().err.splitlines() == [
         f"pareto.py: error: --max-utility-loss: expected a number of points >= 0, got '{bad}'"]
+
+
+def test_a_setting_that_wrecks_utility_is_listed_not_drawn(pareto, tmp_path):
+    rows = [row("teacher", 1500, 0, 0.50, 0.973),
+            row("teacher", 1500, 0, 0.45, 0.0, "reverse_sigmoid", '{"beta": 1.5}'),
+            row("teacher", 1500, 0, 0.23, 0.904, "gaussian_noise", '{"sigma": 0.3}')]
+    points = pareto.load_points([folder(tmp_path, rows)], "fashion_mnist", "knockoff")
+    # Floor 96.3%: 0% utility is listed; 90.4% (within 10 points of the floor) is still drawn.
+    assert pareto.undrawn_models(points, 96.3) == [pareto.Served("teacher", "reverse_sigmoid", '{"beta": 1.5}')]
+    assert pareto.undrawn_models(points, None) == []
+    assert pareto.plot(points, tmp_path / "p.png", "t", floor=96.3).read_bytes().startswith(b"\x89PNG")
