@@ -67,8 +67,8 @@ objectives: objectives-victims
 	$(BIN)/hf-misleader benchmark --config benchmarks/configs/objectives_hundred_labelled.yaml
 
 # Issue 8 on the default ensembles (unrolled, lambda 0.5, 3 student seeds): every baseline output defence along its
-# knob and MISLEADER against one Fashion-MNIST thief, then their Pareto front (about 1.5 h on 2 cores); JBDA with the
-# floor of its real seed set, and DFME at CPU scale (about 2 h).
+# knob and MISLEADER against one Fashion-MNIST thief, then their Pareto front (about 45 min on 2 cores); JBDA with
+# the floor of its real seed set, and DFME at CPU scale (about 70 min).
 tradeoffs: objectives-victims
 	$(BIN)/hf-misleader benchmark --config benchmarks/configs/tradeoffs_fashion.yaml
 	$(BIN)/hf-misleader benchmark --config benchmarks/configs/tradeoffs_misleader.yaml

@@ -300,6 +300,13 @@ def test_recorded_mnist_config_is_valid(tmp_path):
     assert {run.defense for run in runs if run.answers == "averaging"} == {"gaussian_noise"}
 
 
+def test_missing_splits_are_named_as_required():
+    config = yaml.safe_load((CONFIGS / "tiny.yaml").read_text())
+    del config["dataset"]["splits"]
+    with pytest.raises(BenchmarkConfigError, match=r"dataset\.splits: missing \(required\)"):
+        load_config(config)
+
+
 def test_averaging_repeats_only_bound_budgets_where_averaging_runs():
     config = yaml.safe_load((CONFIGS / "tiny.yaml").read_text())
     config["budgets"] = [3]  # below the default 5 repeats: averaging, run only against a randomised defence, cannot

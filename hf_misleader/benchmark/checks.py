@@ -43,7 +43,10 @@ def check_dataset(dataset):
         raise BenchmarkConfigError("dataset.name", f"expected one of {sorted(DATASETS)}, got {dataset.get('name')!r}.")
     modality, available, source = DATASETS[dataset["name"]]
     check_installed("dataset.name", dataset["name"])
-    splits = check_mapping("dataset.splits", dataset.get("splits"))
+    if "splits" not in dataset:
+        raise BenchmarkConfigError("dataset.splits", f"missing (required): the sizes of {list(SPLITS)}, e.g. "
+                                   "{train: 2200, validation: 300, attacker_pool: 1500, test: 1000}.")
+    splits = check_mapping("dataset.splits", dataset["splits"])
     if set(splits) != set(SPLITS):
         raise BenchmarkConfigError("dataset.splits", f"expected exactly the splits {list(SPLITS)}, got {sorted(splits)}.")
     splits = {name: check_int(f"dataset.splits.{name}", splits[name], minimum=1) for name in SPLITS}
