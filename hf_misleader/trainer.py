@@ -455,8 +455,9 @@ class MisleaderTrainer(Trainer):
             }
             torch.save(state, os.path.join(folder, ATTACKER_STATE_NAME))
         super()._save_checkpoint(model, trial)
-        # No process goes on until every file of this checkpoint is written and older ones are rotated out: another
-        # process may load it as the best model next, and the recipe's process 0 deletes checkpoints at the end.
+        # No process goes on until every file of this checkpoint is written and older ones are rotated out: any process
+        # may load it as the best model next (the stock Trainer has no barrier before that load), and the recipe's
+        # process 0 deletes checkpoints at the end.
         self.accelerator.wait_for_everyone()
 
     def _load_student(self, folder):
@@ -466,11 +467,7 @@ class MisleaderTrainer(Trainer):
         student.load_state_dict(type(student).from_pretrained(folder).state_dict())
 
     def _load_best_model(self):
-        # The stock Trainer has no barrier here: one process could read the best checkpoint while process 0 still
-        # writes it, or after it has moved on and deleted it (seen under torchrun: "no file named model.safetensors").
-        self.accelerator.wait_for_everyone()
         self._load_student(self.state.best_model_checkpoint)
-        self.accelerator.wait_for_everyone()
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         self._load_student(resume_from_checkpoint)

@@ -15,9 +15,9 @@ ATTACKER_OPTIMIZERS = ("adam", "sgd")
 MISINFORMATION_TARGETS = ("permutation", "uniform")
 
 # What an unset (None) field means, per objective. "alternating" is the reference recipe; the other two are the
-# objectives that lowered real out-of-distribution thieves' clones in the measurements made before the library. Unrolled's lambda of
-# 0.5: measured through the library (benchmarks/RESULTS.md), it kept utility within 1 point on MNIST-5k over three
-# student seeds while its worst-case clone stayed far below the undefended teacher's and reverse sigmoid's.
+# objectives that lowered real out-of-distribution thieves' clones in the measurements made before the library.
+# Unrolled's lambda of 0.5: measured through the library (benchmarks/RESULTS.md), it kept utility within 1 point on
+# MNIST-5k over three student seeds while its worst-case clone stayed far below the undefended teacher's and reverse sigmoid's.
 OBJECTIVE_DEFAULTS = {
     "alternating": {"misleader_lambda": 0.01, "augmentation": "mild", "attacker_optimizer": "adam",
                     "attacker_learning_rate": 1e-3, "attacker_reset_epochs": 0.0},
@@ -115,11 +115,12 @@ class MisleaderTrainingArguments(TrainingArguments):
     )
 
     def __post_init__(self):
-        if not self.use_cpu and int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.accelerator.is_available():
+        accelerator = torch.accelerator.is_available()
+        if not self.use_cpu and int(os.environ.get("WORLD_SIZE", "1")) > 1 and not accelerator:
             # Under torchrun on a machine without an accelerator, transformers 5 leaves the arguments NOT_PARALLEL
             # unless use_cpu is set: every process would train alone, as process 0, into the same files.
             self.use_cpu = True
-        if not torch.accelerator.is_available():
+        if not accelerator:
             # Pinned memory only speeds copies to an accelerator; without one each DataLoader just warns about it.
             self.dataloader_pin_memory = False
         super().__post_init__()
