@@ -10,7 +10,7 @@ import os
 import re
 
 import numpy as np
-from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, Value
+from datasets import Array3D, ClassLabel, Dataset, DatasetDict, Features, Image, Value
 from PIL import Image as PILImage
 
 DIGIT_NAMES = [str(i) for i in range(10)]
@@ -147,7 +147,14 @@ def prepare_image_dataset(dataset: Dataset, image_processor, image_column: str =
         images = [image.convert("RGB") for image in batch[image_column]]
         return {"pixel_values": image_processor(images=images, return_tensors="np")["pixel_values"]}
 
-    processed = dataset.map(process, batched=True, batch_size=512, remove_columns=[image_column], desc="processing images")
+    features = dataset.features.copy()
+    del features[image_column]
+    if len(dataset):
+        # A fixed-shape feature: batches are read as one array instead of nested lists, about 10x faster to load.
+        shape = process({image_column: [dataset[0][image_column]]})["pixel_values"].shape[1:]
+        features["pixel_values"] = Array3D(shape=shape, dtype="float32")
+    processed = dataset.map(process, batched=True, batch_size=512, remove_columns=[image_column], desc="processing images",
+                            features=features if len(dataset) else None)
     processed.set_format("torch", columns=["pixel_values", "label"])
     return processed
 

@@ -4,6 +4,8 @@ Every KL here is computed between log-probabilities (`log_softmax` of logits): p
 through `log_softmax`.
 """
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch.func import functional_call
@@ -56,14 +58,25 @@ def misinformation_term(student_query_logits, teacher_query_logits, permutation=
     return F.kl_div(log_probs, target, log_target=True, reduction="batchmean")
 
 
-def unrolled_step(attacker, queries, student_query_logits, step_size, forward, average=None):
+class LookAhead(NamedTuple):
+    """One differentiable imitation step of the attacker (see `unrolled_step`)."""
+
+    parameters: dict  # the stepped clone's parameters, differentiable functions of the student's answers
+    buffers: dict  # copies of the attacker's buffers, batch-norm statistics updated by the queries' forward
+    attacker_logits: torch.Tensor  # the attacker's logits on the queries before the step, detached
+    gradients: dict  # the imitation gradient per parameter, detached (None where a parameter is unused)
+    imitation: torch.Tensor  # the imitation loss before the step, detached
+
+
+def unrolled_step(attacker, queries, student_query_logits, step_size, forward, average=None) -> LookAhead:
     """
     The attacker's parameters after one more differentiable imitation step on the student's answers, normalised to
     length `step_size`: `theta' = theta - step_size * g / ||g||` with `g = grad_theta KL(student(x') || a_theta(x'))`.
 
     `theta` is detached (nothing reaches the attacker), `g` keeps its graph back to the student's answers
     (`create_graph=True`), so `theta'` is a differentiable function of the student. Buffers (batch-norm statistics)
-    are copies: the look-ahead never changes the attacker.
+    are copies: the look-ahead never changes the attacker. `g` is also the gradient of the attacker's own imitation
+    update on these queries, so the trainer can take that update from it instead of a second forward and backward.
 
     Args:
         attacker (`nn.Module`): the unwrapped attacker clone.
@@ -73,9 +86,6 @@ def unrolled_step(attacker, queries, student_query_logits, step_size, forward, a
         forward (`Callable[[nn.Module, dict, dict], logits]`): runs `attacker` with given parameters on inputs.
         average (`Callable[[torch.Tensor], torch.Tensor]`, *optional*): a differentiable mean over processes of the
             flattened gradient, so that under DDP every process takes the step of the global batch.
-
-    Returns:
-        `(parameters, buffers)` of the stepped clone, for `forward`.
     """
     # Copies, not views: the attacker's own optimizer updates it in place before the student's backward pass.
     parameters = {name: p.detach().clone().requires_grad_(True) for name, p in attacker.named_parameters()}
@@ -83,22 +93,25 @@ def unrolled_step(attacker, queries, student_query_logits, step_size, forward, a
     attacker_logits = forward(attacker, {**parameters, **buffers}, queries)
     imitation = kl_divergence(student_query_logits, attacker_logits)
     gradients = torch.autograd.grad(imitation, list(parameters.values()), create_graph=True, allow_unused=True)
+    unused = {name for name, g in zip(parameters, gradients) if g is None}
     gradients = [torch.zeros_like(p) if g is None else g for p, g in zip(parameters.values(), gradients)]
     flat = torch.cat([g.reshape(-1) for g in gradients])
     if average is not None:
         flat = average(flat)
     direction = flat / torch.sqrt((flat.float() ** 2).sum() + 1e-12)
-    stepped, start = {}, 0
+    stepped, averaged, start = {}, {}, 0
     for name, p in parameters.items():
         stepped[name] = p - step_size * direction[start : start + p.numel()].view_as(p).to(p.dtype)
+        averaged[name] = None if name in unused else flat[start : start + p.numel()].detach().view_as(p).to(p.dtype)
         start += p.numel()
-    return stepped, buffers
+    return LookAhead(stepped, buffers, attacker_logits.detach(), averaged, imitation.detach())
 
 
-def unrolled_term(attacker, stepped, real_inputs, teacher_labels, forward):
+def unrolled_term(attacker, look_ahead, real_inputs, teacher_labels, forward):
     """The unrolled objective's term, to be subtracted: CE of the stepped clone on the real batch vs the teacher's labels."""
-    parameters, buffers = stepped
-    logits = forward(attacker, {**parameters, **buffers}, real_inputs)
+    # Fresh buffer copies: the look-ahead's keep the queries' statistics, for the attacker's own update.
+    buffers = {name: b.clone() for name, b in look_ahead.buffers.items()}
+    logits = forward(attacker, {**look_ahead.parameters, **buffers}, real_inputs)
     return F.cross_entropy(logits.float(), teacher_labels)
 
 

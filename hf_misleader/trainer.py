@@ -221,23 +221,34 @@ class MisleaderTrainer(Trainer):
         outputs = self._forward(model, concat_rows(model_inputs, queries))
         rows = len(inputs["labels"])
         outputs.logits, student_query_logits = outputs.logits[:rows], outputs.logits[rows:]
-        with torch.no_grad():  # the clone as it is before this step's update: the one the student plays against
-            attacker_query_logits = self._forward(self.attacker, queries).logits
+        look_ahead = None
+        if args.objective == "unrolled":
+            look_ahead = objectives.unrolled_step(self.accelerator.unwrap_model(self.attacker), queries,
+                                                  student_query_logits, args.unrolled_step_size,
+                                                  self._functional_forward, average=self._process_mean)
+            attacker_query_logits = look_ahead.attacker_logits
+        else:
+            with torch.no_grad():  # the clone as it is before this step's update: the one the student plays against
+                attacker_query_logits = self._forward(self.attacker, queries).logits
 
         distillation_total, distillation, cross_entropy = objectives.distillation_loss(
             outputs.logits, teacher_logits, inputs["labels"], args.temperature, args.alpha
         )
-        term = self._objective_term(model_inputs, queries, student_query_logits, attacker_query_logits, teacher_logits)
+        term = self._objective_term(model_inputs, queries, student_query_logits, attacker_query_logits, teacher_logits,
+                                   look_ahead)
         # The alternating and unrolled terms are rewards for the student (push away, mislead): subtracted.
         sign = 1.0 if args.objective == "misinformation" else -1.0
         loss = distillation_total + sign * args.misleader_lambda * term
         self._check_finite(loss, term)
         # The attacker learns from the student's answers on the same queries, once per optimizer step, on the whole
         # accumulated batch: the same update as without gradient accumulation.
-        self._pending_attacker_batches.append((queries, F.softmax(student_query_logits.detach().float(), dim=-1)))
-        if self.accelerator.sync_gradients:
-            self._attacker_update(self._pending_attacker_batches)
-            self._pending_attacker_batches = []
+        if look_ahead is not None and self._look_ahead_is_the_update():
+            self._attacker_update_from(look_ahead)
+        else:
+            self._pending_attacker_batches.append((queries, F.softmax(student_query_logits.detach().float(), dim=-1)))
+            if self.accelerator.sync_gradients:
+                self._attacker_update(self._pending_attacker_batches)
+                self._pending_attacker_batches = []
 
         agreement = (attacker_query_logits.argmax(-1) == student_query_logits.argmax(-1)).float().mean()
         for name, value in (
@@ -249,16 +260,14 @@ class MisleaderTrainer(Trainer):
             self._step_metrics[name].append(value.detach().item())
         return (loss, outputs) if return_outputs else loss
 
-    def _objective_term(self, model_inputs, queries, student_query_logits, attacker_query_logits, teacher_logits):
+    def _objective_term(self, model_inputs, queries, student_query_logits, attacker_query_logits, teacher_logits,
+                        look_ahead):
         args = self.args
         if args.objective == "alternating":
             return objectives.alternating_term(student_query_logits, attacker_query_logits)
         if args.objective == "unrolled":
-            attacker = self.accelerator.unwrap_model(self.attacker)
-            stepped = objectives.unrolled_step(attacker, queries, student_query_logits, args.unrolled_step_size,
-                                               self._functional_forward, average=self._process_mean)
-            return objectives.unrolled_term(attacker, stepped, model_inputs, teacher_logits.argmax(-1),
-                                            self._functional_forward)
+            return objectives.unrolled_term(self.accelerator.unwrap_model(self.attacker), look_ahead, model_inputs,
+                                            teacher_logits.argmax(-1), self._functional_forward)
         with torch.no_grad():
             teacher_query_logits = self._forward(self.teacher, queries).logits
         return objectives.misinformation_term(student_query_logits, teacher_query_logits, self.class_permutation)
@@ -301,6 +310,26 @@ class MisleaderTrainer(Trainer):
             self.attacker_scaler.step(self.attacker_optimizer)
             self.attacker_scaler.update()
             self._step_metrics["attacker_loss"].append(total)
+
+    def _look_ahead_is_the_update(self):
+        """
+        Whether the look-ahead's gradient is exactly the attacker's next update: one step on this batch's queries
+        alone, without loss scaling. It then replaces the update's own forward and backward (an exact saving).
+        """
+        args = self.args
+        return args.attacker_steps == 1 and args.gradient_accumulation_steps == 1 and not self.attacker_scaler.is_enabled()
+
+    def _attacker_update_from(self, look_ahead):
+        """The attacker's update from the look-ahead's imitation gradient (already averaged over processes)."""
+        attacker = self.accelerator.unwrap_model(self.attacker)
+        with torch.no_grad():
+            for name, parameter in attacker.named_parameters():
+                parameter.grad = look_ahead.gradients[name]
+            for name, buffer in attacker.named_buffers():  # the statistics the update's forward would have left
+                buffer.copy_(look_ahead.buffers[name])
+        self.attacker_optimizer.step()
+        self.attacker_optimizer.zero_grad(set_to_none=True)
+        self._step_metrics["attacker_loss"].append(look_ahead.imitation.item())
 
     def _maybe_reset_attacker(self):
         """Re-initialise the attacker every `attacker_reset_epochs` epochs (same new weights on every process)."""

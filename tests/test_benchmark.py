@@ -516,3 +516,40 @@ def test_several_seeds_show_their_spread():
 
 def test_every_data_set_has_a_number_of_classes():
     assert set(NUM_LABELS) == set(DATASETS)
+
+
+def _fashion(splits):
+    return _with(["dataset"], {"name": "fashion_mnist", "image_size": 16, "splits": splits, "split_seed": 0})
+
+
+def test_official_test_split_is_the_data_sets_own():
+    from hf_misleader.data import load_fashion_mnist
+
+    config = load_config(_fashion({"train": 300, "validation": 50, "attacker_pool": 100, "test": "official"}))
+    assert config.dataset["splits"]["test"] == "official"
+    data = benchmark_data.load_benchmark_data(config)
+    official = load_fashion_mnist("test")
+    assert data.test_labels.tolist() == official["label"]  # all 10,000, in file order
+    assert {name: len(split) for name, split in data.splits.items()} == {
+        "train": 300, "validation": 50, "attacker_pool": 100, "test": 10000}
+    # The other splits come from the training file: none of their images is a test image.
+    test_images = {image.tobytes() for image in official["image"]}
+    training = load_fashion_mnist("train")
+    drawn = benchmark_data._image_splits(config.dataset, 0)
+    assert all(image.tobytes() not in test_images for image in drawn["attacker_pool"]["image"])
+    assert drawn["train"]["label"] != training.select(range(300))["label"]  # shuffled with the split seed
+
+
+@pytest.mark.parametrize("dataset, splits, message", [
+    ("mnist_5k", {"train": 300, "validation": 50, "attacker_pool": 100, "test": "official"},
+     r"dataset\.splits\.test: mnist_5k has no official test split"),
+    ("fashion_mnist", {"train": 45000, "validation": 5000, "attacker_pool": 10001, "test": "official"},
+     r"dataset\.splits: ask for 60001 rows but fashion_mnist's training split .* has 60000"),
+    ("fashion_mnist", {"train": 300, "validation": 50, "attacker_pool": 100, "test": "held-out"},
+     r"dataset\.splits\.test"),
+])
+def test_official_test_split_errors(dataset, splits, message):
+    config = _fashion(splits)
+    config["dataset"]["name"] = dataset
+    with pytest.raises(BenchmarkConfigError, match=message):
+        load_config(config)

@@ -27,7 +27,7 @@ def test_unrolled_step_has_the_stated_norm_and_leaves_the_attacker_alone(batch, 
     student, attacker = build_member("vit-tiny", seed=1).train(), build_member(attacker_preset, seed=2).train()
     before = {name: value.clone() for name, value in attacker.state_dict().items()}
     student_logits = student(**inputs).logits
-    parameters, _ = objectives.unrolled_step(attacker, inputs, student_logits, 0.2, forward)
+    parameters = objectives.unrolled_step(attacker, inputs, student_logits, 0.2, forward).parameters
     step = torch.cat([(parameters[name] - p).reshape(-1) for name, p in attacker.named_parameters()])
     assert step.norm().item() == pytest.approx(0.2, rel=1e-4)
     # The look-ahead changes neither the attacker's weights nor its batch-norm statistics.

@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 
 from hf_misleader import MisleaderTrainer, MisleaderTrainingArguments
 from hf_misleader.augment import simulate_image_queries
+from hf_misleader import objectives
 from hf_misleader.objectives import derangement
 from hf_misleader.members import build_image_member
 from hf_misleader.trainer import (
@@ -465,3 +466,40 @@ def test_early_stopping_on_validation(tmp_path, digits):
     trainer.train()
     assert trainer.state.global_step < 40
     assert trainer.state.best_model_checkpoint is not None
+
+
+@pytest.mark.parametrize("attacker", ["resnet-tiny", "vit-tiny"])
+def test_the_look_ahead_gradient_gives_the_attackers_own_update(tmp_path, digits, attacker):
+    # The unrolled objective takes the attacker's update from its look-ahead's gradient: it must be the same update
+    # as the general path's own forward and backward, batch-norm statistics included.
+    trainer = make_trainer(make_args(tmp_path, objective="unrolled"), digits, student="resnet-tiny", attacker=attacker)
+    assert trainer._look_ahead_is_the_update()
+    batch = next(iter(trainer.get_train_dataloader()))
+    queries = trainer._attacker_queries({"pixel_values": batch["pixel_values"]})
+    student_logits = trainer.model(**queries).logits
+    before = snapshot(trainer.attacker)
+
+    look_ahead = objectives.unrolled_step(trainer.attacker, queries, student_logits, 0.2, trainer._functional_forward)
+    trainer._attacker_update_from(look_ahead)
+    from_look_ahead = snapshot(trainer.attacker)
+    trainer.attacker.load_state_dict(before)
+    trainer._new_attacker_optimizer()
+    trainer._attacker_update([(queries, F.softmax(student_logits.detach().float(), dim=-1))])
+
+    assert len(changed(before, trainer.attacker)) > len(before) // 2
+    for name, value in trainer.attacker.state_dict().items():  # SGD: the same gradient gives the same weights
+        torch.testing.assert_close(from_look_ahead[name], value, rtol=1e-5, atol=1e-6)
+    for name, parameter in trainer.attacker.named_parameters():  # any optimizer: the same gradient, unused included
+        if parameter.grad is None:
+            assert look_ahead.gradients[name] is None, name
+        else:
+            torch.testing.assert_close(look_ahead.gradients[name], parameter.grad, rtol=1e-4, atol=1e-7)
+
+
+def test_the_general_attacker_update_runs_when_the_look_ahead_is_not_the_update(tmp_path, digits):
+    args = make_args(tmp_path, objective="unrolled", gradient_accumulation_steps=2, max_steps=1)
+    trainer = make_trainer(args, digits)
+    assert not trainer._look_ahead_is_the_update()
+    before = snapshot(trainer.attacker)
+    trainer.train()
+    assert "classifier.1.weight" in changed(before, trainer.attacker)

