@@ -4,10 +4,12 @@ Every KL here is computed between log-probabilities (`log_softmax` of logits): p
 through `log_softmax`.
 """
 
+import contextlib
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+from torch.autograd import forward_ad
 from torch.func import functional_call
 
 
@@ -59,60 +61,117 @@ def misinformation_term(student_query_logits, teacher_query_logits, permutation=
 
 
 class LookAhead(NamedTuple):
-    """One differentiable imitation step of the attacker (see `unrolled_step`)."""
+    """One imitation step of the attacker on the student's answers (see `unrolled_step`)."""
 
-    parameters: dict  # the stepped clone's parameters, differentiable functions of the student's answers
+    start: dict  # the attacker's parameters before the step, detached copies
+    parameters: dict  # the stepped clone's parameters, detached leaves (the term differentiates through them by hand)
     buffers: dict  # copies of the attacker's buffers, batch-norm statistics updated by the queries' forward
+    start_buffers: dict  # copies of the attacker's buffers before the queries' forward
     attacker_logits: torch.Tensor  # the attacker's logits on the queries before the step, detached
-    gradients: dict  # the imitation gradient per parameter, detached (None where a parameter is unused)
+    gradients: dict  # the imitation gradient per parameter, detached, averaged (None where a parameter is unused)
+    direction: torch.Tensor  # the flat, averaged, unit-length imitation gradient
+    norm: torch.Tensor  # the length of the averaged imitation gradient, before normalising
     imitation: torch.Tensor  # the imitation loss before the step, detached
+    rng_seed: int  # the seed of the queries' forward, replayed by the term's (same dropout masks)
 
 
 def unrolled_step(attacker, queries, student_query_logits, step_size, forward, average=None) -> LookAhead:
     """
-    The attacker's parameters after one more differentiable imitation step on the student's answers, normalised to
-    length `step_size`: `theta' = theta - step_size * g / ||g||` with `g = grad_theta KL(student(x') || a_theta(x'))`.
+    The attacker's parameters after one more imitation step on the student's answers, normalised to length
+    `step_size`: `theta' = theta - step_size * g / ||g||` with `g = grad_theta KL(student(x') || a_theta(x'))`.
 
-    `theta` is detached (nothing reaches the attacker), `g` keeps its graph back to the student's answers
-    (`create_graph=True`), so `theta'` is a differentiable function of the student. Buffers (batch-norm statistics)
-    are copies: the look-ahead never changes the attacker. `g` is also the gradient of the attacker's own imitation
-    update on these queries, so the trainer can take that update from it instead of a second forward and backward.
+    Nothing here keeps a graph: `unrolled_term` differentiates `theta'` with respect to the student's answers in
+    closed form. Buffers (batch-norm statistics) are copies: the look-ahead never changes the attacker. `g` is also
+    the gradient of the attacker's own imitation update on these queries, so the trainer can take that update from
+    it instead of a second forward and backward.
 
     Args:
         attacker (`nn.Module`): the unwrapped attacker clone.
         queries (`dict`): the attacker-like queries, as model inputs.
-        student_query_logits (`torch.Tensor`): the student's logits on `queries`, with their graph.
+        student_query_logits (`torch.Tensor`): the student's logits on `queries`.
         step_size (`float`): the step's global L2 norm.
         forward (`Callable[[nn.Module, dict, dict], logits]`): runs `attacker` with given parameters on inputs.
-        average (`Callable[[torch.Tensor], torch.Tensor]`, *optional*): a differentiable mean over processes of the
-            flattened gradient, so that under DDP every process takes the step of the global batch.
+        average (`Callable[[torch.Tensor], torch.Tensor]`, *optional*): a mean over processes of a flat tensor, so
+            that under DDP every process takes the step of the global batch.
     """
     # Copies, not views: the attacker's own optimizer updates it in place before the student's backward pass.
-    parameters = {name: p.detach().clone().requires_grad_(True) for name, p in attacker.named_parameters()}
-    buffers = {name: b.detach().clone() for name, b in attacker.named_buffers()}
-    attacker_logits = forward(attacker, {**parameters, **buffers}, queries)
-    imitation = kl_divergence(student_query_logits, attacker_logits)
-    gradients = torch.autograd.grad(imitation, list(parameters.values()), create_graph=True, allow_unused=True)
-    unused = {name for name, g in zip(parameters, gradients) if g is None}
-    gradients = [torch.zeros_like(p) if g is None else g for p, g in zip(parameters.values(), gradients)]
-    flat = torch.cat([g.reshape(-1) for g in gradients])
+    start = {name: p.detach().clone().requires_grad_(True) for name, p in attacker.named_parameters()}
+    start_buffers = {name: b.detach().clone() for name, b in attacker.named_buffers()}
+    buffers = {name: b.clone() for name, b in start_buffers.items()}
+    rng_seed = int(torch.randint(2**62, (1,)).item())
+    with replayed_randomness(rng_seed, student_query_logits.device):
+        attacker_logits = forward(attacker, {**start, **buffers}, queries)
+    imitation = kl_divergence(student_query_logits.detach(), attacker_logits)
+    gradients = torch.autograd.grad(imitation, list(start.values()), allow_unused=True)
+    unused = {name for name, g in zip(start, gradients) if g is None}
+    flat = torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1) for p, g in zip(start.values(), gradients)])
     if average is not None:
         flat = average(flat)
-    direction = flat / torch.sqrt((flat.float() ** 2).sum() + 1e-12)
-    stepped, averaged, start = {}, {}, 0
-    for name, p in parameters.items():
-        stepped[name] = p - step_size * direction[start : start + p.numel()].view_as(p).to(p.dtype)
-        averaged[name] = None if name in unused else flat[start : start + p.numel()].detach().view_as(p).to(p.dtype)
-        start += p.numel()
-    return LookAhead(stepped, buffers, attacker_logits.detach(), averaged, imitation.detach())
+    norm = torch.sqrt((flat.float() ** 2).sum() + 1e-12)
+    direction = flat / norm
+    stepped = {name: (p.detach() - step_size * piece).requires_grad_(True)
+               for (name, p), piece in zip(start.items(), split_like(direction, start))}
+    averaged = {name: None if name in unused else piece for name, piece in zip(start, split_like(flat, start))}
+    start = {name: p.detach() for name, p in start.items()}
+    return LookAhead(start, stepped, buffers, start_buffers, attacker_logits.detach(), averaged, direction, norm,
+                     imitation.detach(), rng_seed)
 
 
-def unrolled_term(attacker, look_ahead, real_inputs, teacher_labels, forward):
-    """The unrolled objective's term, to be subtracted: CE of the stepped clone on the real batch vs the teacher's labels."""
+def unrolled_term(attacker, look_ahead, real_inputs, teacher_labels, forward, queries, student_query_logits,
+                  step_size, average=None):
+    """
+    The unrolled objective's term, to be subtracted: CE of the stepped clone on the real batch vs the teacher's labels.
+
+    Its value is that CE; its gradient reaches the student through the clone's step, computed exactly without a
+    second-order backward. With `v = grad_theta' CE` and the step `theta' = theta - s g / ||g||`,
+    `d CE = -(s / ||g||) <w, dg>` where `w = v - (v . g_hat) g_hat`, and since `g = J^T (p_clone - p_student) / B`
+    (`J` the clone's logit Jacobian on the queries), `<w, dg> = -(J w) . dp_student / B`: one forward-mode
+    Jacobian-vector product of the clone on the queries gives the student's gradient.
+
+    Args:
+        attacker, look_ahead, forward: as for `unrolled_step` (`look_ahead` is its result).
+        real_inputs (`dict`): the benign batch, as model inputs.
+        teacher_labels (`torch.Tensor`): the teacher's labels on `real_inputs`.
+        queries, student_query_logits, step_size, average: what `unrolled_step` was given; `student_query_logits`
+            with its graph.
+    """
     # Fresh buffer copies: the look-ahead's keep the queries' statistics, for the attacker's own update.
     buffers = {name: b.clone() for name, b in look_ahead.buffers.items()}
-    logits = forward(attacker, {**look_ahead.parameters, **buffers}, real_inputs)
-    return F.cross_entropy(logits.float(), teacher_labels)
+    stepped = look_ahead.parameters
+    cross_entropy = F.cross_entropy(forward(attacker, {**stepped, **buffers}, real_inputs).float(), teacher_labels)
+    v = torch.autograd.grad(cross_entropy, list(stepped.values()), allow_unused=True)
+    flat = torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1) for p, g in zip(stepped.values(), v)])
+    if average is not None:  # every process's term moves with every process's answers through the averaged step
+        flat = average(flat)
+    w = flat - look_ahead.direction * (look_ahead.direction @ flat)
+    tangents = dict(zip(stepped, split_like(w, stepped)))
+    buffers = {name: b.clone() for name, b in look_ahead.start_buffers.items()}
+    # Forward-mode AD with dual tensors (not torch.func.jvp, which breaks under autocast's casts).
+    with replayed_randomness(look_ahead.rng_seed, student_query_logits.device), forward_ad.dual_level():
+        dual = {name: forward_ad.make_dual(p, tangents[name]) for name, p in look_ahead.start.items()}
+        jacobian_w = forward_ad.unpack_dual(forward(attacker, {**dual, **buffers}, queries)).tangent
+    probs = F.softmax(student_query_logits.float(), dim=-1)
+    scale = step_size / (look_ahead.norm * len(probs))
+    surrogate = scale * (probs * jacobian_w.detach().float()).sum()
+    return cross_entropy.detach() + (surrogate - surrogate.detach())
+
+
+def split_like(flat, tensors):
+    """`flat` cut into pieces shaped like the values of `tensors` (a dict), in order."""
+    pieces, start = [], 0
+    for tensor in tensors.values():
+        pieces.append(flat[start : start + tensor.numel()].view_as(tensor).to(tensor.dtype))
+        start += tensor.numel()
+    return pieces
+
+
+@contextlib.contextmanager
+def replayed_randomness(seed, device):
+    """Runs the block from random state `seed` on `device`, leaving the global random state as it was."""
+    accelerator = [] if device.type == "cpu" else [device.index or 0]
+    with torch.random.fork_rng(devices=accelerator, device_type="cuda" if device.type == "cpu" else device.type):
+        torch.manual_seed(seed)
+        yield
 
 
 def call_with(module, state, inputs):

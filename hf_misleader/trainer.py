@@ -142,8 +142,8 @@ class MisleaderTrainer(Trainer):
         # compute_loss returns a per-batch mean: let the Trainer divide it for gradient accumulation.
         self.loss_is_scaled_for_ga = False
         if args.objective == "unrolled" and getattr(attacker_model.config, "_attn_implementation", "eager") != "eager":
-            # The look-ahead differentiates through the attacker's gradient: fused attention kernels have no
-            # second derivative (SDPA on the CPU), the eager one does.
+            # The unrolled term takes a forward-mode derivative (a Jacobian-vector product) of the attacker: fused
+            # attention kernels have none (SDPA on the CPU), the eager one does.
             attacker_model.set_attn_implementation("eager")
         teacher_model.requires_grad_(False)
         self.teacher = self.accelerator.prepare_model(teacher_model, evaluation_mode=True)
@@ -267,13 +267,14 @@ class MisleaderTrainer(Trainer):
             return objectives.alternating_term(student_query_logits, attacker_query_logits)
         if args.objective == "unrolled":
             return objectives.unrolled_term(self.accelerator.unwrap_model(self.attacker), look_ahead, model_inputs,
-                                            teacher_logits.argmax(-1), self._functional_forward)
+                                            teacher_logits.argmax(-1), self._functional_forward, queries,
+                                            student_query_logits, args.unrolled_step_size, average=self._process_mean)
         with torch.no_grad():
             teacher_query_logits = self._forward(self.teacher, queries).logits
         return objectives.misinformation_term(student_query_logits, teacher_query_logits, self.class_permutation)
 
     def _process_mean(self, tensor):
-        """Differentiable mean over processes (identity on one)."""
+        """Mean over processes (identity on one)."""
         if self.args.world_size == 1:
             return tensor
         import torch.distributed.nn.functional as distributed

@@ -1,5 +1,7 @@
 """The MISLEADER losses on tiny real batches: values, where gradients go, the normalised step, the permutation."""
 
+import contextlib
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -42,8 +44,9 @@ def test_unrolled_term_sends_gradients_to_the_student_only(batch):
     with torch.no_grad():
         teacher_labels = teacher(**inputs).logits.argmax(-1)
     queries = {"pixel_values": torch.flip(inputs["pixel_values"], dims=[-1])}
-    stepped = objectives.unrolled_step(attacker, queries, student(**queries).logits, 0.2, forward)
-    term = objectives.unrolled_term(attacker, stepped, inputs, teacher_labels, forward)
+    student_logits = student(**queries).logits
+    stepped = objectives.unrolled_step(attacker, queries, student_logits, 0.2, forward)
+    term = objectives.unrolled_term(attacker, stepped, inputs, teacher_labels, forward, queries, student_logits, 0.2)
     assert torch.isfinite(term)
     term.backward()
     assert all(p.grad is None for p in attacker.parameters())
@@ -65,8 +68,86 @@ def test_unrolled_term_is_the_stepped_clones_cross_entropy(batch):
             p -= 0.3 * g / norm
         expected = F.cross_entropy(clone(**inputs).logits, labels)
     stepped = objectives.unrolled_step(attacker, inputs, student_logits, 0.3, forward)
-    torch.testing.assert_close(objectives.unrolled_term(attacker, stepped, inputs, labels, forward), expected,
+    term = objectives.unrolled_term(attacker, stepped, inputs, labels, forward, inputs, student_logits, 0.3)
+    torch.testing.assert_close(term, expected,
                                rtol=1e-4, atol=1e-5)
+
+
+def unrollable(attacker):
+    """The attacker in train mode with eager attention, as `MisleaderTrainer` sets it up for the unrolled objective."""
+    if getattr(attacker.config, "_attn_implementation", "eager") != "eager":
+        attacker.set_attn_implementation("eager")
+    return attacker.train()
+
+
+def second_order_unrolled_gradient(student, attacker, queries, inputs, labels, step_size, query_randomness=None,
+                                   stepped_randomness=None):
+    """
+    The student's gradient of the stepped clone's CE by plain autograd through the step (a second-order backward);
+    the attacker's forwards on the queries and on the real batch run from the given random states, if any.
+    """
+    student.zero_grad()
+    student_logits = student(**queries).logits
+    start = {name: p.detach().clone().requires_grad_(True) for name, p in attacker.named_parameters()}
+    buffers = {name: b.clone() for name, b in attacker.named_buffers()}
+    with query_randomness or contextlib.nullcontext():
+        query_logits = forward(attacker, {**start, **buffers}, queries)
+    imitation = objectives.kl_divergence(student_logits, query_logits)
+    gradients = torch.autograd.grad(imitation, list(start.values()), create_graph=True, allow_unused=True)
+    gradients = [torch.zeros_like(p) if g is None else g for p, g in zip(start.values(), gradients)]
+    norm = torch.sqrt(sum((g**2).sum() for g in gradients) + 1e-12)
+    stepped = {name: p - step_size * g / norm for (name, p), g in zip(start.items(), gradients)}
+    if stepped_randomness is not None:
+        torch.set_rng_state(stepped_randomness)
+    F.cross_entropy(forward(attacker, {**stepped, **buffers}, inputs), labels).backward()
+    return {name: p.grad.clone() for name, p in student.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("attacker_preset", ["resnet-tiny", "vit-tiny", "convnext-tiny"])
+def test_unrolled_term_gradient_is_the_exact_second_order_one(batch, attacker_preset):
+    # The term's closed form (one Jacobian-vector product) must give the student the same gradient as
+    # differentiating through the clone's step with autograd.
+    inputs, labels = batch
+    student, attacker = build_member("resnet-tiny", seed=1).train(), unrollable(build_member(attacker_preset, seed=2))
+    queries = {"pixel_values": torch.flip(inputs["pixel_values"], dims=[-1])}
+    expected = second_order_unrolled_gradient(student, attacker, queries, inputs, labels, 0.2)
+    student.zero_grad()
+    student_logits = student(**queries).logits
+    look_ahead = objectives.unrolled_step(attacker, queries, student_logits, 0.2, forward)
+    objectives.unrolled_term(attacker, look_ahead, inputs, labels, forward, queries, student_logits, 0.2).backward()
+    got = {name: p.grad for name, p in student.named_parameters() if p.grad is not None}
+    assert got.keys() == expected.keys() and expected
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-3, atol=1e-6, msg=name)
+    assert sum(g.abs().sum() for g in got.values()) > 0
+
+
+def test_the_look_ahead_replays_dropout_masks(batch):
+    # With dropout on, the term's Jacobian-vector product must see the look-ahead's masks: its gradient then matches
+    # the second-order one whose forwards draw the same masks.
+    inputs, labels = batch
+    student, attacker = build_member("resnet-tiny", seed=1).train(), unrollable(build_member("vit-tiny", seed=2))
+    dropouts = [module for module in attacker.modules() if isinstance(module, torch.nn.Dropout)]
+    assert dropouts
+    for module in dropouts:
+        module.p = 0.3
+    queries = {"pixel_values": torch.flip(inputs["pixel_values"], dims=[-1])}
+    student_logits = student(**queries).logits
+    look_ahead = objectives.unrolled_step(attacker, queries, student_logits, 0.2, forward)
+    stepped_randomness = torch.get_rng_state()
+    objectives.unrolled_term(attacker, look_ahead, inputs, labels, forward, queries, student_logits, 0.2).backward()
+    got = {name: p.grad.clone() for name, p in student.named_parameters() if p.grad is not None}
+    expected = second_order_unrolled_gradient(
+        student, attacker, queries, inputs, labels, 0.2,
+        query_randomness=objectives.replayed_randomness(look_ahead.rng_seed, student_logits.device),
+        stepped_randomness=stepped_randomness,
+    )
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-3, atol=1e-6, msg=name)
+    # Without the replay the masks differ, and so would the gradient: the test can tell.
+    unreplayed = second_order_unrolled_gradient(student, attacker, queries, inputs, labels, 0.2,
+                                                stepped_randomness=stepped_randomness)
+    assert any(not torch.allclose(got[name], unreplayed[name], rtol=1e-3, atol=1e-6) for name in expected)
 
 
 def test_derangement_moves_every_class():
