@@ -81,13 +81,14 @@ synthetic: objectives-victims
 	$(BIN)/hf-misleader benchmark --config benchmarks/configs/synthetic_dfme.yaml
 
 # Issue 8, the Fashion-MNIST workload (45,000 training images, official 10,000-image test split; Debian's
-# dataset-fashion-mnist): the teacher and the default ensemble, every baseline output defence at one setting and
+# dataset-fashion-mnist): the teacher and the default ensemble (students trained 3 and 6 epochs), every baseline output defence at one setting and
 # along its knob, MISLEADER alone and with reverse sigmoid, KnockoffNets (in-distribution and MNIST-digit pools),
 # JBDA with its floor, DFME at 100,000 queries; then the Pareto fronts of both pools.
 FASHION_BENCHMARKS := fashion_baselines fashion_tradeoffs fashion_misleader fashion_jbda fashion_jbda_floor fashion_dfme
 fashion: setup
-	test -f outputs/fashion/unrolled-seed0/defended-model/model.safetensors \
-	    || $(BIN)/hf-misleader defend --config benchmarks/configs/victims/fashion-unrolled-seed0.yaml
+	for victim in unrolled-seed0 unrolled-6epochs-seed0; do \
+	    test -f outputs/fashion/$$victim/defended-model/model.safetensors || $(BIN)/hf-misleader defend \
+	    --config benchmarks/configs/victims/fashion-$$victim.yaml || exit 1; done
 	for config in $(FASHION_BENCHMARKS); do \
 	    $(BIN)/hf-misleader benchmark --config benchmarks/configs/$$config.yaml || exit 1; done
 	for pool in mnist_5k in_distribution; do $(BIN)/python benchmarks/pareto.py outputs/benchmark/fashion-baselines \
