@@ -72,7 +72,7 @@ class LookAhead(NamedTuple):
     direction: torch.Tensor  # the flat, averaged, unit-length imitation gradient
     norm: torch.Tensor  # the length of the averaged imitation gradient, before normalising
     imitation: torch.Tensor  # the imitation loss before the step, detached
-    rng_seed: int  # the seed of the queries' forward, replayed by the term's (same dropout masks)
+    random_state: tuple  # the random state before the queries' forward, replayed by the term's (same dropout masks)
 
 
 def unrolled_step(attacker, queries, student_query_logits, step_size, forward, average=None) -> LookAhead:
@@ -98,9 +98,8 @@ def unrolled_step(attacker, queries, student_query_logits, step_size, forward, a
     start = {name: p.detach().clone().requires_grad_(True) for name, p in attacker.named_parameters()}
     start_buffers = {name: b.detach().clone() for name, b in attacker.named_buffers()}
     buffers = {name: b.clone() for name, b in start_buffers.items()}
-    rng_seed = int(torch.randint(2**62, (1,)).item())
-    with replayed_randomness(rng_seed, student_query_logits.device):
-        attacker_logits = forward(attacker, {**start, **buffers}, queries)
+    random_state = current_random_state(student_query_logits.device)
+    attacker_logits = forward(attacker, {**start, **buffers}, queries)
     imitation = kl_divergence(student_query_logits.detach(), attacker_logits)
     gradients = torch.autograd.grad(imitation, list(start.values()), allow_unused=True)
     unused = {name for name, g in zip(start, gradients) if g is None}
@@ -114,7 +113,7 @@ def unrolled_step(attacker, queries, student_query_logits, step_size, forward, a
     averaged = {name: None if name in unused else piece for name, piece in zip(start, split_like(flat, start))}
     start = {name: p.detach() for name, p in start.items()}
     return LookAhead(start, stepped, buffers, start_buffers, attacker_logits.detach(), averaged, direction, norm,
-                     imitation.detach(), rng_seed)
+                     imitation.detach(), random_state)
 
 
 def unrolled_term(attacker, look_ahead, real_inputs, teacher_labels, forward, queries, student_query_logits,
@@ -147,7 +146,7 @@ def unrolled_term(attacker, look_ahead, real_inputs, teacher_labels, forward, qu
     tangents = dict(zip(stepped, split_like(w, stepped)))
     buffers = {name: b.clone() for name, b in look_ahead.start_buffers.items()}
     # Forward-mode AD with dual tensors (not torch.func.jvp, which breaks under autocast's casts).
-    with replayed_randomness(look_ahead.rng_seed, student_query_logits.device), forward_ad.dual_level():
+    with replayed_randomness(look_ahead.random_state, student_query_logits.device), forward_ad.dual_level():
         dual = {name: forward_ad.make_dual(p, tangents[name]) for name, p in look_ahead.start.items()}
         jacobian_w = forward_ad.unpack_dual(forward(attacker, {**dual, **buffers}, queries)).tangent
     probs = F.softmax(student_query_logits.float(), dim=-1)
@@ -165,13 +164,27 @@ def split_like(flat, tensors):
     return pieces
 
 
+def current_random_state(device):
+    """The CPU's random state and, off the CPU, `device`'s: what `replayed_randomness` restores."""
+    accelerator = None if device.type == "cpu" else getattr(torch, device.type).get_rng_state(*_which(device))
+    return torch.get_rng_state(), accelerator
+
+
 @contextlib.contextmanager
-def replayed_randomness(seed, device):
-    """Runs the block from random state `seed` on `device`, leaving the global random state as it was."""
-    accelerator = [] if device.type == "cpu" else [device.index or 0]
-    with torch.random.fork_rng(devices=accelerator, device_type="cuda" if device.type == "cpu" else device.type):
-        torch.manual_seed(seed)
+def replayed_randomness(state, device):
+    """Runs the block from `state` (of `current_random_state`), leaving the global random state as it was."""
+    cpu, accelerator = state
+    devices = [] if device.type == "cpu" else [device.index or 0]
+    with torch.random.fork_rng(devices=devices, device_type="cuda" if device.type == "cpu" else device.type):
+        torch.set_rng_state(cpu)
+        if accelerator is not None:
+            getattr(torch, device.type).set_rng_state(accelerator, *_which(device))
         yield
+
+
+def _which(device):
+    """The device argument of `torch.<device type>.get/set_rng_state`: `torch.mps`'s take none."""
+    return () if device.type == "mps" else (device,)
 
 
 def call_with(module, state, inputs):

@@ -139,7 +139,7 @@ def test_the_look_ahead_replays_dropout_masks(batch):
     got = {name: p.grad.clone() for name, p in student.named_parameters() if p.grad is not None}
     expected = second_order_unrolled_gradient(
         student, attacker, queries, inputs, labels, 0.2,
-        query_randomness=objectives.replayed_randomness(look_ahead.rng_seed, student_logits.device),
+        query_randomness=objectives.replayed_randomness(look_ahead.random_state, student_logits.device),
         stepped_randomness=stepped_randomness,
     )
     for name in expected:
