@@ -6,7 +6,7 @@ import sys
 from . import __version__
 
 
-def _seed(text: str) -> int:
+def seed(text: str) -> int:  # argparse names the type by this function's name
     value = int(text)
     if not 0 <= value < 2**32:
         raise argparse.ArgumentTypeError(f"must be an integer in [0, 2**32), got {text}")
@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--output-dir", default=None,
                       help="Where to write the model, results and card (default: outputs/demo[-text]).")
     demo.add_argument("--quick", action="store_true", help="Toy scale (a minute or two), for tests.")
-    demo.add_argument("--seed", type=_seed, default=0, help="Seed of the splits, training and attacks.")
+    demo.add_argument("--seed", type=seed, default=0, help="Seed of the splits, training and attacks.")
     demo.add_argument("--no-progress", action="store_true", help="Hide progress bars.")
     demo.set_defaults(handler=_demo)
     defend = commands.add_parser(

@@ -331,14 +331,14 @@ def push_to_hub(
         [`MissingHubTokenError`]: no token. [`HubPushError`]: the Hub kept failing or refused the push.
         `ValueError`: the folder is not a complete defended model (no safetensors weights, no remote code...).
     """
-    token = resolve_token(token)
-    if not private:
-        logger.warning(PUBLIC_WARNING.format(repo_id=repo_id))
-    api = HfApi(token=token)
     with tempfile.TemporaryDirectory(prefix="hf-misleader-push-") as workspace:
         staging, cache = Path(workspace) / "repo", os.path.join(workspace, "cache")
         staging.mkdir()
+        # The folder first: a missing or incomplete model is the error to report, token or not.
         config, plots = stage_defended_model(defended_dir_or_model, staging, processor=processor)
+        api = HfApi(token=resolve_token(token))
+        if not private:
+            logger.warning(PUBLIC_WARNING.format(repo_id=repo_id))
         folder = defended_dir_or_model if isinstance(defended_dir_or_model, (str, os.PathLike)) else None
         results = {**results_from_config(config), **(load_benchmark_results(benchmark_results, folder) or {})}
         results.setdefault("model_name", repo_id.split("/")[-1])  # the model-index names this model, not the teacher

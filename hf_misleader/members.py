@@ -5,6 +5,7 @@ small inputs (28x28 to 64x64); text presets take the teacher's vocabulary and ma
 share its tokenizer. Pass a config object instead for anything else.
 """
 
+import difflib
 import json
 from pathlib import Path
 
@@ -13,6 +14,9 @@ from transformers.models.auto.modeling_auto import (
     MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES,
     MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
 )
+
+# Keys a member dict may carry (a saved config.json does) that the label space and the library overwrite.
+LABEL_KEYS = ("id2label", "label2id", "num_labels", "transformers_version", "architectures")
 
 IMAGE_PRESETS = {
     "resnet-tiny": dict(
@@ -94,12 +98,23 @@ def _plain_member(member, presets, modality):
         member = member.to_dict()
     if not isinstance(member, dict) or "model_type" not in member:
         raise TypeError(f"A member must be a preset name, a config or a dict with a `model_type`, got {member!r}.")
+    _check_member_keys(member)
     return dict(member), False
+
+
+def _check_member_keys(member):
+    """A typo in a member's dict would otherwise become a stray config attribute and a default-sized model."""
+    known = set(AutoConfig.for_model(member["model_type"]).to_dict()) | {"model_type", *LABEL_KEYS}
+    for key in member:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"Member {member['model_type']!r} has no setting {key!r}.{hint}")
 
 
 def _finish(member, num_labels, id2label):
     model_type = member.pop("model_type")
-    for stale in ("id2label", "label2id", "num_labels", "transformers_version", "architectures"):
+    for stale in LABEL_KEYS:
         member.pop(stale, None)
     labels = {"id2label": id2label} if id2label else {"num_labels": num_labels}
     return AutoConfig.for_model(model_type, **member, **labels)

@@ -25,5 +25,8 @@ def output_folder(path, name: str = "output directory", create: bool = True) -> 
                 raise NotADirectoryError(f"{name} {path} is a file, not a folder: choose another {name}.")
             raise NotADirectoryError(f"{name} {path} cannot be created: {folder} is a file, not a folder.")
     if create:
-        path.mkdir(parents=True, exist_ok=True)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as error:  # read-only or system folders: say which folder, not only the errno text
+            raise OSError(f"{name} {path} cannot be created: {error.strerror or error}.") from error
     return path

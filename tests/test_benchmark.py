@@ -190,6 +190,7 @@ INVALID = [
     (_with(["dataset", "splits"], {"train": 10}), r"dataset\.splits: expected exactly"),
     (_with(["budgets"], [50, 400]), r"budgets: .*pool 'in_distribution', which has 300"),
     (_with(["budgets"], [0]), r"budgets\[0\]: expected an integer >= 1"),
+    (_with(["teacher", "learning_rate"], float("nan")), r"teacher\.learning_rate: expected a positive finite number"),
     (_with(["seeds"], [-1]), r"seeds\[0\]"),
     (_with(["defenses", 1], {"name": "gaussian_noise", "sigma": -1}), r"defenses\[1\]: sigma must be >= 0"),
     (_with(["defenses", 1], {"name": "blur"}), r"defenses\[1\]\.name: expected one of"),
@@ -224,11 +225,11 @@ def test_invalid_config_names_the_bad_key(config, message, tmp_path):
 
 @pytest.mark.parametrize("path, text, message", [
     (["teacher", "learning_rate"], "3e-3",
-     r"teacher\.learning_rate: expected a positive number, got the text '3e-3' \(YAML reads 3e-3 as a string: "
+     r"teacher\.learning_rate: expected a positive finite number, got the text '3e-3' \(YAML reads 3e-3 as a string: "
      r"write 3\.0e-3\)"),
     (["clone", "training", "learning_rate"], "1e3", r"clone\.training\.learning_rate: .*write 1\.0e\+3\)"),
     (["teacher", "epochs"], "1e1", r"teacher\.epochs: expected an integer >= 1, got the text '1e1' .*write 10\)"),
-    (["teacher", "learning_rate"], "fast", r"teacher\.learning_rate: expected a positive number, got 'fast'\.$"),
+    (["teacher", "learning_rate"], "fast", r"teacher\.learning_rate: expected a positive finite number, got 'fast'\.$"),
 ])
 def test_numbers_yaml_reads_as_text_are_explained(path, text, message, tmp_path):
     """PyYAML reads `3e-3` (no dot, unsigned exponent) as a string: the check says so, and how to write it."""

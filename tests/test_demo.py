@@ -130,6 +130,7 @@ def test_bad_seed_is_a_message_not_a_traceback(tmp_path):
     done = cli("demo", "--quick", "--seed", "notanumber", "--output-dir", str(tmp_path / "out"), cwd=tmp_path)
     assert done.returncode != 0
     assert "--seed" in done.stderr and "notanumber" in done.stderr
+    assert "invalid seed value" in done.stderr  # argparse names the type after its function: no private name
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "out").exists()
 
@@ -141,6 +142,14 @@ def test_unusable_output_dir_is_a_message_not_a_traceback(tmp_path):
     assert done.returncode != 0
     assert "Traceback" not in done.stderr, done.stderr[-2000:]
     assert f"{blocker} is a file, not a folder" in done.stderr
+
+
+def test_output_dir_that_cannot_be_created_is_named(capsys):
+    # /proc refuses new folders even to root: the error names the folder, not only the errno text.
+    assert cli_main(["demo", "--quick", "--output-dir", "/proc/hf-misleader-out"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("hf-misleader demo: error: output directory /proc/hf-misleader-out cannot be created: ")
+    assert "Errno" not in err
 
 
 def test_output_dir_that_is_a_file_is_named(tmp_path, capsys):

@@ -295,6 +295,14 @@ def test_missing_token_gives_a_clear_error(hub, defended_dir, monkeypatch):
     assert len(hub.requests) == requests_before  # nothing was sent
 
 
+def test_a_missing_folder_is_reported_before_a_missing_token(hub, tmp_path, monkeypatch):
+    monkeypatch.delenv("HF_TOKEN")
+    monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
+    with pytest.raises(ValueError, match="no-such-model.*not a saved model folder") as raised:
+        push_to_hub(tmp_path / "no-such-model", repo_name("no-folder"))
+    assert not isinstance(raised.value, MissingHubTokenError)
+
+
 def test_transient_failures_are_retried(hub, defended_dir, caplog):
     from huggingface_hub import HfApi
 

@@ -4,6 +4,7 @@ and the small value checks every section of it uses."""
 from __future__ import annotations
 
 import difflib
+import math
 import re
 
 from ..attacks.common import LABEL_MODES
@@ -113,8 +114,8 @@ def check_int(key, value, minimum=None):
 
 
 def check_positive_number(key, value):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise BenchmarkConfigError(key, f"expected a positive number, got {describe_value(value)}.")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+        raise BenchmarkConfigError(key, f"expected a positive finite number, got {describe_value(value)}.")
     return value
 
 
