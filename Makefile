@@ -43,7 +43,7 @@ test-slow: setup
 
 # The extraction benchmark. bench-quick: the toy config (plumbing, under a minute). bench: the recorded MNIST runs of
 # benchmarks/RESULTS.md (the demo's victims behind every output defence; then the objectives, the trade-offs and the
-# synthetic-query attacks: about 8 h on 2 cores).
+# synthetic-query attacks, and the Fashion-MNIST workload: about 10 h on 2 cores).
 bench-quick: setup
 	$(BIN)/hf-misleader benchmark --config benchmarks/configs/tiny.yaml
 
@@ -66,7 +66,7 @@ OBJECTIVE_VICTIMS := unrolled-seed0 alternating-seed0 misinformation-seed0 \
     resnets-alternating-lambda1.0-seed0 resnets-misinformation-lambda1.0-seed0 \
     resnets-unrolled-lambda0.5-seed0 resnets-unrolled-lambda0.5-seed1 resnets-unrolled-lambda0.5-seed2 \
     resnets-unrolled-lambda1.0-seed0 resnets-unrolled-lambda1.0-seed1 resnets-unrolled-lambda1.0-seed2
-objectives-victims: setup
+objectives-victims: setup system-data
 	test -d outputs/issue7/unrolled-seed0/teacher-model || $(BIN)/hf-misleader defend --config benchmarks/configs/victims/teacher.yaml
 	for victim in $(OBJECTIVE_VICTIMS); do test -f outputs/issue7/$$victim/defended-model/model.safetensors \
 	    || $(BIN)/hf-misleader defend --config benchmarks/configs/victims/$$victim.yaml || exit 1; done
