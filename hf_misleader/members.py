@@ -98,11 +98,11 @@ def _plain_member(member, presets, modality):
         member = member.to_dict()
     if not isinstance(member, dict) or "model_type" not in member:
         raise TypeError(f"A member must be a preset name, a config or a dict with a `model_type`, got {member!r}.")
-    _check_member_keys(member)
+    check_member_keys(member)
     return dict(member), False
 
 
-def _check_member_keys(member):
+def check_member_keys(member):
     """A typo in a member's dict would otherwise become a stray config attribute and a default-sized model."""
     known = set(AutoConfig.for_model(member["model_type"]).to_dict()) | {"model_type", *LABEL_KEYS}
     for key in member:

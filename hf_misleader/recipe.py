@@ -30,7 +30,7 @@ from transformers import (
 from . import data as builtin_data
 from .configuration_misleader import checked_output_defense
 from .defend import defend, validation_accuracy
-from .members import IMAGE_PRESETS, build_image_member, list_presets, saved_model_modality
+from .members import IMAGE_PRESETS, build_image_member, check_member_keys, list_presets, saved_model_modality
 from .paths import output_folder
 from .trainer import accuracy_metric, end_distributed_run, wait_for_every_process
 from .training_args import MisleaderTrainingArguments
@@ -134,6 +134,9 @@ class DefendArguments:
                     f"members must be a non-empty list of {self.task} presets {known} or config mappings with a "
                     f"model_type, got {self.members}."
                 )
+            for member in self.members:  # a typo'd setting is reported now, not after the teacher has trained
+                if isinstance(member, dict):
+                    check_member_keys(member)
         pools = BUILTIN_POOLS[self.task]
         if self.attacker_pool is not None and self.attacker_pool not in pools and not os.path.isdir(self.attacker_pool):
             raise ValueError(f"attacker_pool must be one of {pools} or a saved data set folder, got {self.attacker_pool!r}.")

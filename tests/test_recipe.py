@@ -86,6 +86,13 @@ def test_a_member_may_be_a_config_mapping(tmp_path):
     assert arguments.members == ["resnet-tiny", custom]
 
 
+def test_a_typo_in_a_member_mapping_is_refused_before_any_training(tmp_path):
+    # Checked when the recipe is read: the teacher would otherwise train first.
+    typo = {"model_type": "resnet", "hidden_sizez": [8]}
+    with pytest.raises(ValueError, match="no setting 'hidden_sizez'. Did you mean 'hidden_sizes'"):
+        load_config(write_config(tmp_path, members=["resnet-tiny", typo]))
+
+
 def test_output_defense_by_name_or_mapping(tmp_path):
     arguments, _ = load_config(write_config(tmp_path, output_defense="reverse_sigmoid"))
     assert arguments.output_defense == {"name": "reverse_sigmoid"}
