@@ -147,14 +147,15 @@ def prepare_image_dataset(dataset: Dataset, image_processor, image_column: str =
         images = [image.convert("RGB") for image in batch[image_column]]
         return {"pixel_values": image_processor(images=images, return_tensors="np")["pixel_values"]}
 
-    features = dataset.features.copy()
-    del features[image_column]
+    features = None  # an empty data set keeps the inferred ones
     if len(dataset):
         # A fixed-shape feature: batches are read as one array instead of nested lists, about 10x faster to load.
+        features = dataset.features.copy()
+        del features[image_column]
         shape = process({image_column: [dataset[0][image_column]]})["pixel_values"].shape[1:]
         features["pixel_values"] = Array3D(shape=shape, dtype="float32")
     processed = dataset.map(process, batched=True, batch_size=512, remove_columns=[image_column], desc="processing images",
-                            features=features if len(dataset) else None)
+                            features=features)
     processed.set_format("torch", columns=["pixel_values", "label"])
     return processed
 

@@ -73,6 +73,9 @@ class LookAhead(NamedTuple):
     norm: torch.Tensor  # the length of the averaged imitation gradient, before normalising
     imitation: torch.Tensor  # the imitation loss before the step, detached
     random_state: tuple  # the random state before the queries' forward, replayed by the term's (same dropout masks)
+    queries: dict  # what `unrolled_step` was given, for `unrolled_term`
+    student_query_logits: torch.Tensor  # with their graph: the term's gradient reaches the student through them
+    step_size: float
 
 
 def unrolled_step(attacker, queries, student_query_logits, step_size, forward, average=None) -> LookAhead:
@@ -88,7 +91,7 @@ def unrolled_step(attacker, queries, student_query_logits, step_size, forward, a
     Args:
         attacker (`nn.Module`): the unwrapped attacker clone.
         queries (`dict`): the attacker-like queries, as model inputs.
-        student_query_logits (`torch.Tensor`): the student's logits on `queries`.
+        student_query_logits (`torch.Tensor`): the student's logits on `queries`, with their graph (kept for the term).
         step_size (`float`): the step's global L2 norm.
         forward (`Callable[[nn.Module, dict, dict], logits]`): runs `attacker` with given parameters on inputs.
         average (`Callable[[torch.Tensor], torch.Tensor]`, *optional*): a mean over processes of a flat tensor, so
@@ -103,7 +106,7 @@ def unrolled_step(attacker, queries, student_query_logits, step_size, forward, a
     imitation = kl_divergence(student_query_logits.detach(), attacker_logits)
     gradients = torch.autograd.grad(imitation, list(start.values()), allow_unused=True)
     unused = {name for name, g in zip(start, gradients) if g is None}
-    flat = torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1) for p, g in zip(start.values(), gradients)])
+    flat = flat_gradient(gradients, start)
     if average is not None:
         flat = average(flat)
     norm = torch.sqrt((flat.float() ** 2).sum() + 1e-12)
@@ -113,11 +116,10 @@ def unrolled_step(attacker, queries, student_query_logits, step_size, forward, a
     averaged = {name: None if name in unused else piece for name, piece in zip(start, split_like(flat, start))}
     start = {name: p.detach() for name, p in start.items()}
     return LookAhead(start, stepped, buffers, start_buffers, attacker_logits.detach(), averaged, direction, norm,
-                     imitation.detach(), random_state)
+                     imitation.detach(), random_state, queries, student_query_logits, step_size)
 
 
-def unrolled_term(attacker, look_ahead, real_inputs, teacher_labels, forward, queries, student_query_logits,
-                  step_size, average=None):
+def unrolled_term(attacker, look_ahead, real_inputs, teacher_labels, forward, average=None):
     """
     The unrolled objective's term, to be subtracted: CE of the stepped clone on the real batch vs the teacher's labels.
 
@@ -128,31 +130,34 @@ def unrolled_term(attacker, look_ahead, real_inputs, teacher_labels, forward, qu
     Jacobian-vector product of the clone on the queries gives the student's gradient.
 
     Args:
-        attacker, look_ahead, forward: as for `unrolled_step` (`look_ahead` is its result).
+        attacker, forward, average: as for `unrolled_step`.
+        look_ahead ([`LookAhead`]): the result of `unrolled_step`.
         real_inputs (`dict`): the benign batch, as model inputs.
         teacher_labels (`torch.Tensor`): the teacher's labels on `real_inputs`.
-        queries, student_query_logits, step_size, average: what `unrolled_step` was given; `student_query_logits`
-            with its graph.
     """
     # Fresh buffer copies: the look-ahead's keep the queries' statistics, for the attacker's own update.
     buffers = {name: b.clone() for name, b in look_ahead.buffers.items()}
     stepped = look_ahead.parameters
     cross_entropy = F.cross_entropy(forward(attacker, {**stepped, **buffers}, real_inputs).float(), teacher_labels)
-    v = torch.autograd.grad(cross_entropy, list(stepped.values()), allow_unused=True)
-    flat = torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1) for p, g in zip(stepped.values(), v)])
+    flat = flat_gradient(torch.autograd.grad(cross_entropy, list(stepped.values()), allow_unused=True), stepped)
     if average is not None:  # every process's term moves with every process's answers through the averaged step
         flat = average(flat)
     w = flat - look_ahead.direction * (look_ahead.direction @ flat)
     tangents = dict(zip(stepped, split_like(w, stepped)))
     buffers = {name: b.clone() for name, b in look_ahead.start_buffers.items()}
     # Forward-mode AD with dual tensors (not torch.func.jvp, which breaks under autocast's casts).
-    with replayed_randomness(look_ahead.random_state, student_query_logits.device), forward_ad.dual_level():
+    probs = F.softmax(look_ahead.student_query_logits.float(), dim=-1)
+    with replayed_randomness(look_ahead.random_state, probs.device), forward_ad.dual_level():
         dual = {name: forward_ad.make_dual(p, tangents[name]) for name, p in look_ahead.start.items()}
-        jacobian_w = forward_ad.unpack_dual(forward(attacker, {**dual, **buffers}, queries)).tangent
-    probs = F.softmax(student_query_logits.float(), dim=-1)
-    scale = step_size / (look_ahead.norm * len(probs))
+        jacobian_w = forward_ad.unpack_dual(forward(attacker, {**dual, **buffers}, look_ahead.queries)).tangent
+    scale = look_ahead.step_size / (look_ahead.norm * len(probs))
     surrogate = scale * (probs * jacobian_w.detach().float()).sum()
     return cross_entropy.detach() + (surrogate - surrogate.detach())
+
+
+def flat_gradient(gradients, parameters):
+    """`gradients` (from `autograd.grad(..., allow_unused=True)`) as one flat tensor, zeros for unused `parameters`."""
+    return torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1) for p, g in zip(parameters.values(), gradients)])
 
 
 def split_like(flat, tensors):

@@ -267,8 +267,8 @@ class MisleaderTrainer(Trainer):
             return objectives.alternating_term(student_query_logits, attacker_query_logits)
         if args.objective == "unrolled":
             return objectives.unrolled_term(self.accelerator.unwrap_model(self.attacker), look_ahead, model_inputs,
-                                            teacher_logits.argmax(-1), self._functional_forward, queries,
-                                            student_query_logits, args.unrolled_step_size, average=self._process_mean)
+                                            teacher_logits.argmax(-1), self._functional_forward,
+                                            average=self._process_mean)
         with torch.no_grad():
             teacher_query_logits = self._forward(self.teacher, queries).logits
         return objectives.misinformation_term(student_query_logits, teacher_query_logits, self.class_permutation)

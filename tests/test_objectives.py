@@ -46,7 +46,7 @@ def test_unrolled_term_sends_gradients_to_the_student_only(batch):
     queries = {"pixel_values": torch.flip(inputs["pixel_values"], dims=[-1])}
     student_logits = student(**queries).logits
     stepped = objectives.unrolled_step(attacker, queries, student_logits, 0.2, forward)
-    term = objectives.unrolled_term(attacker, stepped, inputs, teacher_labels, forward, queries, student_logits, 0.2)
+    term = objectives.unrolled_term(attacker, stepped, inputs, teacher_labels, forward)
     assert torch.isfinite(term)
     term.backward()
     assert all(p.grad is None for p in attacker.parameters())
@@ -68,7 +68,7 @@ def test_unrolled_term_is_the_stepped_clones_cross_entropy(batch):
             p -= 0.3 * g / norm
         expected = F.cross_entropy(clone(**inputs).logits, labels)
     stepped = objectives.unrolled_step(attacker, inputs, student_logits, 0.3, forward)
-    term = objectives.unrolled_term(attacker, stepped, inputs, labels, forward, inputs, student_logits, 0.3)
+    term = objectives.unrolled_term(attacker, stepped, inputs, labels, forward)
     torch.testing.assert_close(term, expected,
                                rtol=1e-4, atol=1e-5)
 
@@ -114,7 +114,7 @@ def test_unrolled_term_gradient_is_the_exact_second_order_one(batch, attacker_pr
     student.zero_grad()
     student_logits = student(**queries).logits
     look_ahead = objectives.unrolled_step(attacker, queries, student_logits, 0.2, forward)
-    objectives.unrolled_term(attacker, look_ahead, inputs, labels, forward, queries, student_logits, 0.2).backward()
+    objectives.unrolled_term(attacker, look_ahead, inputs, labels, forward).backward()
     got = {name: p.grad for name, p in student.named_parameters() if p.grad is not None}
     assert got.keys() == expected.keys() and expected
     for name in expected:
@@ -135,7 +135,7 @@ def test_the_look_ahead_replays_dropout_masks(batch):
     student_logits = student(**queries).logits
     look_ahead = objectives.unrolled_step(attacker, queries, student_logits, 0.2, forward)
     stepped_randomness = torch.get_rng_state()
-    objectives.unrolled_term(attacker, look_ahead, inputs, labels, forward, queries, student_logits, 0.2).backward()
+    objectives.unrolled_term(attacker, look_ahead, inputs, labels, forward).backward()
     got = {name: p.grad.clone() for name, p in student.named_parameters() if p.grad is not None}
     expected = second_order_unrolled_gradient(
         student, attacker, queries, inputs, labels, 0.2,
